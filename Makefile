@@ -1,0 +1,71 @@
+# piBLOOM: one entry point for setting up, running and testing the whole project.
+#   make run    set up and run api + web + proxy on the embedded default model
+#   make test   set up and run every check and test (what CI runs)
+#   make bench  throughput / latency benchmark against the peers
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# torch is installed on its own, before the lock, so each platform gets its own build.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+export PIBLOOM_CACHE_DIR ?= $(CURDIR)/.cache/pibloom
+STAMP := $(VENV)/.pibloom-installed
+
+.PHONY: setup setup-api setup-web system-deps model run serve test lint test-api test-web test-deploy test-e2e bench clean
+
+setup: setup-api setup-web
+
+setup-api: $(STAMP)
+
+$(STAMP): api/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e "api[dev]"
+	touch $@
+
+setup-web: web/node_modules/.package-lock.json web/dist/index.html
+
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+web/dist/index.html: web/node_modules/.package-lock.json $(shell find web/src web/index.html web/vite.config.js -type f 2>/dev/null)
+	cd web && npm run build
+
+# Debian packages the local stack and the browser tests use (root on Debian/Ubuntu; elsewhere it says how).
+system-deps:
+	@bash scripts/system-deps.sh
+
+model: setup-api
+	$(BIN)/pibloom model fetch
+
+serve: setup-api
+	$(BIN)/pibloom serve
+
+run: setup model
+	@bash scripts/run-local.sh
+
+lint: setup-api
+	$(BIN)/ruff check api e2e scripts
+	$(BIN)/ruff format --check api e2e scripts
+
+test-api: setup-api
+	cd api && $(BIN)/pytest -q
+
+test-web: setup-web
+	cd web && npm test
+
+test-deploy: setup-api
+	$(BIN)/pytest -q deploy-tests
+
+test-e2e: setup system-deps model
+	$(BIN)/pytest -q e2e
+
+test: lint test-api test-web test-deploy test-e2e
+
+bench: setup model
+	$(BIN)/pibloom bench
+
+clean:
+	rm -rf $(VENV) web/node_modules web/dist .cache

@@ -1,0 +1,90 @@
+"""The `pibloom` command: serve | chat | batch | bench | model fetch | settings."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .settings import Settings
+
+
+@click.group()
+@click.version_option(__version__, prog_name="pibloom")
+def main() -> None:
+    """piBLOOM: a self-hosted chat service for small language models."""
+
+
+@main.command()
+def serve() -> None:
+    """Run the api under gunicorn with uvicorn workers (settings from PIBLOOM_* variables)."""
+    from .server import serve as run
+
+    run(Settings())
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Server base URL.")
+@click.option("--system", default=None, help="System prompt.")
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--max-tokens", type=int, default=512, show_default=True)
+@click.option(
+    "--api-key", envvar="PIBLOOM_API_KEY", default=None, help="Bearer key, if the server needs one."
+)
+def chat(url: str, system: str | None, temperature: float, max_tokens: int, api_key: str | None) -> None:
+    """Chat in the terminal with a running server, streaming the replies."""
+    from .terminal_chat import run_chat
+
+    sys.exit(run_chat(url, system, temperature, max_tokens, api_key))
+
+
+@main.group()
+def model() -> None:
+    """Model cache management."""
+
+
+@model.command("fetch")
+def model_fetch() -> None:
+    """Fill the model cache (the embedded default or PIBLOOM_MODEL) so a server starts without network."""
+    from .engine.loader import ModelLoadError, prepare
+
+    try:
+        where = prepare(Settings())
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"model ready in {where}")
+
+
+@main.command("settings")
+@click.option("--markdown", is_flag=True, help="Print the configuration table for the README.")
+def show_settings(markdown: bool) -> None:
+    """Show every setting, its environment variable and its current value."""
+    settings = Settings()
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default if field.default_factory is None else "(see description)"
+        rows.append((f"PIBLOOM_{name.upper()}", default, field.description or "", getattr(settings, name)))
+    if markdown:
+        click.echo("| variable | default | what |\n|---|---|---|")
+        for env, default, desc, _ in rows:
+            shown = "" if default is None else f"`{default}`"
+            click.echo(f"| `{env}` | {shown} | {desc} |")
+    else:
+        for env, _, _, value in rows:
+            click.echo(f"{env}={value}")
+
+
+def _register_optional() -> None:
+    """Commands that live in their own packages."""
+    try:
+        from .client.command import batch_command
+    except ImportError:
+        return
+    main.add_command(batch_command, "batch")
+
+
+_register_optional()
+
+if __name__ == "__main__":
+    main()

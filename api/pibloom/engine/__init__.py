@@ -1,0 +1,1 @@
+"""Model loading and the continuous-batching inference engine."""

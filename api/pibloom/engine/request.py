@@ -1,0 +1,62 @@
+"""What travels between the asyncio side and the inference thread."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass
+class Event:
+    """One step's output for one request: new text (may be empty) and, at the end, why it finished."""
+
+    text: str
+    token_ids: list[int]
+    generated: int = 0  # completion tokens so far (an end-of-sequence token is not counted)
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    id: int = field(default_factory=lambda: next(_ids))
+    arrived: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False  # set from the event loop; read by the inference thread at each step
+    # Filled in by the engine:
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    output_ids: list[int] = field(default_factory=list)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def emit(self, event: Event) -> None:
+        """Hand an event to the request's asyncio queue from the inference thread."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)

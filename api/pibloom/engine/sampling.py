@@ -1,0 +1,74 @@
+"""Next-token selection for a batch whose rows each carry their own sampling parameters."""
+
+from __future__ import annotations
+
+import torch
+
+from .request import SamplingParams
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return gen
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL-style penalty: push down every token already in the prompt or output."""
+    scores = logits.index_select(0, seen)
+    scores = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return logits.index_copy(0, seen, scores)
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(0, order, sorted_logits)
+    return logits
+
+
+def sample_row(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator,
+    history: list[int],
+) -> int:
+    """Choose the next token for one row; `logits` is that row's float32 vector."""
+    if params.repetition_penalty != 1.0 and history:
+        seen = torch.tensor(sorted(set(history)), dtype=torch.long, device=logits.device)
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        return int(torch.argmax(logits))
+    logits = logits / params.temperature
+    logits = filter_top_k_top_p(logits, params.top_k, params.top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample_batch(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator],
+    histories: list[list[int]],
+) -> list[int]:
+    """Rows that are plain greedy share one argmax; the others are sampled one by one."""
+    logits = logits.float()
+    simple = [p.greedy and p.repetition_penalty == 1.0 for p in params]
+    argmax = torch.argmax(logits, dim=-1).tolist() if any(simple) else []
+    out: list[int] = []
+    for row, p in enumerate(params):
+        if simple[row]:
+            out.append(int(argmax[row]))
+        else:
+            out.append(sample_row(logits[row], p, generators[row], histories[row]))
+    return out

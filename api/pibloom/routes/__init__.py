@@ -1,0 +1,1 @@
+"""Thin routers: piBLOOM's /chat/, the OpenAI /v1 API, health probes and metrics."""

@@ -1,0 +1,70 @@
+"""Fixtures that start the real services as local processes on loopback ports.
+
+Each service is started the way `make run` starts it, so these tests exercise the same commands.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 240.0) -> None:
+    """Poll `url` until it answers 200; fail early if the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- api (lead) ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`pibloom serve` (gunicorn + uvicorn worker) on the embedded default model; yields its base URL."""
+    port = free_port()
+    env = dict(os.environ, PIBLOOM_PORT=str(port), PIBLOOM_HOST="127.0.0.1", PIBLOOM_MAX_QUEUE="64")
+    log = (tmp_path_factory.mktemp("api") / "api.log").open("wb")
+    proc = subprocess.Popen([str(BIN / "pibloom"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{base}/health/ready", proc)
+        yield base
+    finally:
+        stop(proc)
+        log.close()
