@@ -29,9 +29,7 @@ def serve() -> None:
 @click.option("--system", default=None, help="System prompt.")
 @click.option("--temperature", type=float, default=0.7, show_default=True)
 @click.option("--max-tokens", type=int, default=512, show_default=True)
-@click.option(
-    "--api-key", envvar="PIBLOOM_API_KEY", default=None, help="Bearer key, if the server needs one."
-)
+@click.option("--api-key", envvar="PIBLOOM_API_KEY", default=None, help="Bearer key, if the server needs one.")
 def chat(url: str, system: str | None, temperature: float, max_tokens: int, api_key: str | None) -> None:
     """Chat in the terminal with a running server, streaming the replies."""
     from .terminal_chat import run_chat

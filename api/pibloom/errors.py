@@ -60,7 +60,7 @@ def _describe_validation(errors: list[Any]) -> tuple[str, str | None, str]:
     kind = first.get("type", "")
     if kind == "extra_forbidden":
         return f"Unsupported field: '{field}' is not supported by this server", field, "unsupported_field"
-    if kind in ("json_invalid", "model_attributes_type") and not loc:
+    if kind == "json_invalid" or (kind == "model_attributes_type" and not loc):
         return "Request body is not valid JSON (expected a JSON object)", None, "invalid_json"
     if kind == "missing":
         return f"Missing required field: '{field}'", field, "missing_field"

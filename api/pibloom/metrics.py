@@ -30,13 +30,9 @@ class Metrics:
         self.batch_size = Histogram(
             "pibloom_batch_size", "Sequences per decode step.", buckets=_BATCH_BUCKETS, registry=r
         )
-        self.generated_tokens = Counter(
-            "pibloom_generated_tokens", "Tokens generated (completion tokens).", registry=r
-        )
+        self.generated_tokens = Counter("pibloom_generated_tokens", "Tokens generated (completion tokens).", registry=r)
         self.prompt_tokens = Counter("pibloom_prompt_tokens", "Prompt tokens processed.", registry=r)
-        self.finished = Counter(
-            "pibloom_sequences_finished", "Sequences finished, by reason.", ["reason"], registry=r
-        )
+        self.finished = Counter("pibloom_sequences_finished", "Sequences finished, by reason.", ["reason"], registry=r)
         self.rejected = Counter(
             "pibloom_requests_rejected", "Requests refused at once, by reason.", ["reason"], registry=r
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from .engine.engine import Engine, EngineStoppedError, QueueFullError
@@ -28,8 +28,14 @@ class Result:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        loader: Callable[[Settings], LoadedModel] = load_model,
+    ) -> None:
         self.settings = settings
+        self.loader = loader
         self.metrics = metrics or Metrics()
         self.loaded: LoadedModel | None = None
         self.engine: Engine | None = None
@@ -42,7 +48,7 @@ class Runtime:
     async def start(self) -> None:
         """Load the model off the event loop, so health probes answer while it loads."""
         try:
-            loaded = await asyncio.to_thread(load_model, self.settings)
+            loaded = await asyncio.to_thread(self.loader, self.settings)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model failed to load: %s", self.load_error)
@@ -72,9 +78,7 @@ class Runtime:
         if engine is None:
             return
         engine.stop_accepting()
-        deadline = time.monotonic() + timeout
-        while engine.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await asyncio.to_thread(engine.wait_idle, timeout)
         await asyncio.to_thread(engine.shutdown, 5.0)
 
     @property
@@ -129,9 +133,7 @@ class Runtime:
 
     def chat_prompt(self, messages: list[ChatMessage]) -> list[int]:
         loaded, _ = self.require()
-        conversation = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages
-        ]
+        conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
         text = loaded.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
         return self._encode(text)
 
@@ -153,9 +155,7 @@ class Runtime:
             raise bad_request("the prompt is empty after tokenization", param="messages")
         return ids
 
-    def sampling(
-        self, body: SamplingFields, prompt_tokens: int, default_max: int | None = None
-    ) -> SamplingParams:
+    def sampling(self, body: SamplingFields, prompt_tokens: int, default_max: int | None = None) -> SamplingParams:
         loaded, _ = self.require()
         s = self.settings
         for name in ("presence_penalty", "frequency_penalty"):
@@ -168,8 +168,7 @@ class Runtime:
         limit = loaded.max_context
         if prompt_tokens >= limit:
             raise bad_request(
-                f"This model's maximum context length is {limit} tokens, but the prompt has "
-                f"{prompt_tokens} tokens",
+                f"This model's maximum context length is {limit} tokens, but the prompt has {prompt_tokens} tokens",
                 param="messages",
                 code="context_length_exceeded",
             )

@@ -18,9 +18,7 @@ def _model(client: httpx.Client) -> str:
 def run_chat(url: str, system: str | None, temperature: float, max_tokens: int, api_key: str | None) -> int:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    with httpx.Client(
-        base_url=url.rstrip("/"), headers=headers, timeout=httpx.Timeout(10.0, read=600.0)
-    ) as client:
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=httpx.Timeout(10.0, read=600.0)) as client:
         try:
             model = _model(client)
         except httpx.HTTPError as exc:

@@ -30,9 +30,7 @@ def build_tiny_bloom(folder: Path, *, layers: int = 2, hidden: int = 64, heads: 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS * 20, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     folder.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(folder)
     torch.manual_seed(0)
@@ -44,12 +42,14 @@ def build_tiny_bloom(folder: Path, *, layers: int = 2, hidden: int = 64, heads: 
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
-        seq_length=256,
+        seq_length=1024,
         tie_word_embeddings=False,  # tied random weights make the model echo its input
     )
     model = BloomForCausalLM(config)
     # Random init is near-uniform; a larger output projection separates greedy choices clearly.
     with torch.no_grad():
         model.lm_head.weight.mul_(10)
+        # A constant zero logit for end-of-sequence: rarely the maximum, so outputs run their length.
+        model.lm_head.weight[fast.eos_token_id].zero_()
     model.save_pretrained(folder)
     return folder

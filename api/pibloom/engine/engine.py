@@ -142,6 +142,13 @@ class Engine:
             with self._cond:
                 self._cond.notify()
 
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is waiting or running (True), or `timeout` passes (False)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: not (self._waiting or self._prefilling or self._running) or not self.alive, timeout
+            )
+
     def stop_accepting(self) -> None:
         with self._cond:
             self.accepting = False
@@ -164,6 +171,7 @@ class Engine:
                     with self._cond:
                         while not (self._waiting or self._prefilling or self._running or self._stopping):
                             self.heartbeat = time.monotonic()
+                            self._cond.notify_all()  # wakes `wait_idle`
                             self._cond.wait(timeout=1.0)
                         if self._stopping and not (self._waiting or self._prefilling or self._running):
                             return
@@ -220,7 +228,7 @@ class Engine:
             self.metrics.finished.labels("cancelled").inc()
         gone = [i for i, s in enumerate(self._running) if s.request.cancelled]
         if gone:
-            for i in gone:
+            for _i in gone:
                 self.metrics.finished.labels("cancelled").inc()
             self._remove_rows(gone)
 
@@ -338,10 +346,8 @@ class Engine:
             if not hit:  # text held back as a possible stop-string prefix is output after all
                 text += seq.stops.flush()
             self.metrics.finished.labels(finish).inc()
-        if text or finish is not None:
-            request.emit(
-                Event(text=text, token_ids=[token], generated=len(request.output_ids), finish_reason=finish)
-            )
+        # Every token is reported, even one whose text is not complete yet (part of a character).
+        request.emit(Event(text=text, token_ids=[token], generated=len(request.output_ids), finish_reason=finish))
         return finish is not None
 
     def _remove_rows(self, indices: list[int]) -> None:

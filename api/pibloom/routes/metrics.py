@@ -45,6 +45,4 @@ class RequestMetricsMiddleware:
             route = scope.get("route")
             # The route template, never the raw path, keeps label cardinality bounded.
             path = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_latency.labels(path, scope["method"], str(status)).observe(
-                time.perf_counter() - start
-            )
+            self.metrics.request_latency.labels(path, scope["method"], str(status)).observe(time.perf_counter() - start)

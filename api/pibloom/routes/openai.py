@@ -105,9 +105,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, runtim
         result = await until_disconnect(request, runtime.complete(prompt, params))
         return ChatCompletion(
             model=runtime.model_name,
-            choices=[
-                ChatChoice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)
-            ],
+            choices=[ChatChoice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)],
             usage=_usage(result.prompt_tokens, result.completion_tokens),
         )
     events, first = await _start(runtime, prompt, params)
@@ -154,9 +152,7 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
         choices = []
         if event is not None:
             choices.append(CompletionChoice(text=event.text, finish_reason=_finish(event)))
-        chunk = Completion(
-            id=chunk_id, created=created, model=runtime.model_name, choices=choices, usage=usage
-        )
+        chunk = Completion(id=chunk_id, created=created, model=runtime.model_name, choices=choices, usage=usage)
         return chunk.model_dump_json()
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -1,0 +1,28 @@
+"""The batch client: many prompts over a cluster of piBLOOM (or any OpenAI-compatible) servers.
+
+Library use::
+
+    from pibloom.client import BatchOptions, run_batch
+
+    report = await run_batch(
+        [{"id": 1, "prompt": "Once upon a time"}], ["http://pi1:8000", "http://pi2:8000"], BatchOptions()
+    )
+
+The command line is `pibloom batch` (pibloom.client.command.batch_command).
+"""
+
+from .models import BatchItem, ErrorInfo, ResultRow, Usage
+from .options import BatchOptions
+from .runner import BatchReport, run_batch
+from .summary import Summary
+
+__all__ = [
+    "BatchItem",
+    "BatchOptions",
+    "BatchReport",
+    "ErrorInfo",
+    "ResultRow",
+    "Summary",
+    "Usage",
+    "run_batch",
+]

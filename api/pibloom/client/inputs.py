@@ -1,0 +1,90 @@
+"""Reading the prompts: JSONL items or a plain text file with one prompt a line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from .models import BatchItem, id_key
+
+InputFormat = Literal["auto", "jsonl", "text"]
+JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
+
+
+class InputError(ValueError):
+    """The input file is malformed; the message names the file and line."""
+
+
+def detect_format(path: str | Path) -> Literal["jsonl", "text"]:
+    return "jsonl" if Path(path).suffix.lower() in JSONL_SUFFIXES else "text"
+
+
+def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    if str(path) == "-":
+        yield from enumerate(sys.stdin, start=1)
+        return
+    with Path(path).open(encoding="utf-8") as handle:
+        yield from enumerate(handle, start=1)
+
+
+def _validation_message(error: ValidationError) -> str:
+    parts = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"])
+        parts.append(f"{where}: {problem['msg']}" if where else problem["msg"])
+    return "; ".join(parts)
+
+
+def parse_item(data: Any) -> BatchItem:
+    if isinstance(data, BatchItem):
+        return data
+    if not isinstance(data, dict):
+        raise InputError(f"an item must be a JSON object, got {type(data).__name__}")
+    try:
+        return BatchItem.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_validation_message(exc)) from exc
+
+
+def unique(items: Iterable[BatchItem], *, source: str = "input") -> list[BatchItem]:
+    """The items as a list; a repeated id is an error, since results are keyed by id."""
+    seen: set[str] = set()
+    result = []
+    for item in items:
+        key = id_key(item.id)
+        if key in seen:
+            raise InputError(f"{source}: duplicate id {item.id!r}")
+        seen.add(key)
+        result.append(item)
+    return result
+
+
+def read_items(path: str | Path, fmt: InputFormat = "auto") -> list[BatchItem]:
+    """All items of a JSONL or text file, in file order.
+
+    JSONL: one object a line with `id` and `prompt` or `messages`. Text: every non-blank line is a
+    prompt whose id is its line number, so a re-run over the same file resumes correctly.
+    """
+    kind = detect_format(path) if fmt == "auto" else fmt
+    items: list[BatchItem] = []
+    for number, raw in _lines(path):
+        line = raw.strip()
+        if not line:
+            continue
+        if kind == "text":
+            items.append(BatchItem(id=number, prompt=raw.rstrip("\r\n")))
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        try:
+            items.append(parse_item(data))
+        except InputError as exc:
+            raise InputError(f"{path}:{number}: {exc}") from exc
+    return unique(items, source=str(path))

@@ -1,0 +1,62 @@
+"""Helpers shared by the api tests: real servers on loopback ports and polling with a deadline."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import uvicorn
+
+from pibloom.app import create_app
+from pibloom.engine.loader import LoadedModel
+from pibloom.metrics import Metrics
+from pibloom.runtime import Runtime
+from pibloom.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(
+    settings: Settings, loaded: LoadedModel | None, loader: Callable[[Settings], LoadedModel] | None = None
+) -> Iterator[tuple[str, Runtime]]:
+    """A real uvicorn server in a thread; `loaded=None` loads the model (with `loader`) in the lifespan."""
+    runtime = Runtime(settings, Metrics(), loader) if loader else Runtime(settings, Metrics())
+    if loaded is not None:
+        runtime.attach(loaded)
+    app = create_app(settings, runtime)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", runtime
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        if runtime.engine is not None:
+            runtime.engine.shutdown(5)
+
+
+ServerFactory = Callable[..., contextlib.AbstractContextManager[tuple[str, Runtime]]]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll until `condition()` is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
