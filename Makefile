@@ -30,7 +30,7 @@ setup-web: web/node_modules/.package-lock.json web/dist/index.html
 web/node_modules/.package-lock.json: web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund
 
-web/dist/index.html: web/node_modules/.package-lock.json $(shell find web/src web/index.html web/vite.config.js -type f 2>/dev/null)
+web/dist/index.html: web/node_modules/.package-lock.json $(shell find web/src web/public web/index.html web/vite.config.js -type f 2>/dev/null)
 	cd web && npm run build
 
 # Debian packages the local stack and the browser tests use (root on Debian/Ubuntu; elsewhere it says how).
@@ -47,8 +47,8 @@ run: setup model
 	@bash scripts/run-local.sh
 
 lint: setup-api
-	$(BIN)/ruff check api e2e scripts
-	$(BIN)/ruff format --check api e2e scripts
+	$(BIN)/ruff check --config api/pyproject.toml api e2e scripts deploy-tests
+	$(BIN)/ruff format --config api/pyproject.toml --check api e2e scripts deploy-tests
 
 test-api: setup-api
 	cd api && $(BIN)/pytest -q
@@ -56,7 +56,9 @@ test-api: setup-api
 test-web: setup-web
 	cd web && npm test
 
-test-deploy: setup-api
+# Static checks of the Dockerfiles, compose file, nginx template and Kubernetes manifests (nginx -t
+# and envsubst need the system packages).
+test-deploy: setup-api system-deps
 	$(BIN)/pytest -q deploy-tests
 
 test-e2e: setup system-deps model

@@ -68,3 +68,63 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         stop(proc)
         log.close()
+
+
+# --- web (web) ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def web_server(api_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`node web/server/index.js` serving web/dist and proxying /api to `api_server`; yields its base URL."""
+    if not (ROOT / "web" / "dist" / "index.html").is_file():
+        pytest.fail("web/dist is not built: run `make setup-web`")
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), HOST="127.0.0.1", PIBLOOM_API_URL=api_server)
+    log = (tmp_path_factory.mktemp("web") / "web.log").open("wb")
+    proc = subprocess.Popen(
+        ["node", str(ROOT / "web" / "server" / "index.js")], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{base}/healthz", proc, timeout=30)
+        yield base
+    finally:
+        stop(proc)
+        log.close()
+
+
+# --- proxy (stack) ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def proxy_server(api_server: str, web_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's nginx on proxy/nginx.conf.template in front of `api_server` and `web_server`.
+
+    The template is rendered by scripts/render_proxy.py, exactly as `make run` does; yields the base URL.
+    """
+    # Imported here so this section stays self-contained in the shared conftest.
+    import shutil
+    from urllib.parse import urlsplit
+
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert Path(nginx).exists(), "nginx missing: run `make system-deps` (Debian package nginx)"
+    run_dir = tmp_path_factory.mktemp("proxy")
+    port = free_port()
+    render = [
+        sys.executable,
+        str(ROOT / "scripts" / "render_proxy.py"),
+        *("--out", str(run_dir), "--listen", f"127.0.0.1:{port}"),
+        *("--api", urlsplit(api_server).netloc, "--web", urlsplit(web_server).netloc),
+    ]
+    conf = subprocess.run(render, check=True, capture_output=True, text=True).stdout.strip()
+    log = (run_dir / "nginx.log").open("wb")
+    cmd = [nginx, "-p", str(run_dir), "-c", conf, "-e", "stderr", "-g", "daemon off;"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{base}/health/ready", proc, timeout=30)
+        wait_ready(f"{base}/", proc, timeout=30)
+        yield base
+    finally:
+        stop(proc)
+        log.close()

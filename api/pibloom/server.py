@@ -29,6 +29,8 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             # The app object is built per worker after fork; nothing heavy happens before that.
             "preload_app": False,
+            # Several servers may share a host (replicas, tests); a shared ~/.gunicorn socket would clash.
+            "control_socket_disable": True,
         }
         for key, value in options.items():
             self.cfg.set(key, value)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+# Tests never reach a model hub; set before transformers / huggingface_hub read it at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
-from support import ServerFactory, running_server
-from tiny_model import build_tiny_bloom
 
 from pibloom.engine.loader import LoadedModel, load_model
 from pibloom.runtime import Runtime
 from pibloom.settings import Settings
+
+from support import ServerFactory, running_server
+from tiny_model import build_tiny_bloom
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import httpx
 import openai
 import pytest
 from starlette.requests import Request
-from support import ServerFactory, wait_for
 
 from pibloom.engine.loader import LoadedModel, ModelLoadError
 from pibloom.engine.request import SamplingParams
@@ -18,6 +17,8 @@ from pibloom.protocol import ChatMessage
 from pibloom.routes.streaming import until_disconnect
 from pibloom.runtime import Runtime
 from pibloom.settings import Settings
+
+from support import ServerFactory, wait_for
 
 MODEL = "tiny-bloom"
 

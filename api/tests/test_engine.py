@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import torch
-from support import wait_for
 
 from pibloom.engine.engine import Engine, QueueFullError
 from pibloom.engine.loader import LoadedModel
 from pibloom.engine.request import Event, SamplingParams
+
+from support import wait_for
 
 PROMPTS = [
     "Hello",

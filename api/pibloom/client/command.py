@@ -22,6 +22,12 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
+class BadInput(click.ClickException):
+    """Input, server list, schema or results file cannot be used: nothing was sent."""
+
+    exit_code = 2
+
+
 def _params(values: tuple[str, ...]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for value in values:
@@ -213,9 +219,9 @@ def batch_command(
         writer = ResultWriter(output, json_mode=options.wants_json)
         skip = writer.resume(retry_failed=retry_failed)
     except (InputError, InventoryError, OutputError, OutputFileError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise BadInput(str(exc)) from exc
     except OSError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise BadInput(str(exc)) from exc
 
     skipped = sum(1 for item in items if id_key(item.id) in skip)
     bar = Progress(len(items), skipped=skipped, enabled=progress)

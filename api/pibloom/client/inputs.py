@@ -36,7 +36,8 @@ def _validation_message(error: ValidationError) -> str:
     parts = []
     for problem in error.errors():
         where = ".".join(str(part) for part in problem["loc"])
-        parts.append(f"{where}: {problem['msg']}" if where else problem["msg"])
+        message = problem["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
 
 

@@ -12,30 +12,40 @@ Strategy = Literal["least-outstanding", "round-robin"]
 class BatchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="Model name to request; default: each server's first model.")
-    api_key: str | None = Field(None, description="Bearer token sent to every server.")
-    per_server: int = Field(8, ge=1, description="Requests in flight per server at most.")
+    model: str | None = Field(default=None, description="Model name to request; default: each server's first model.")
+    api_key: str | None = Field(default=None, description="Bearer token sent to every server.")
+    per_server: int = Field(default=8, ge=1, description="Requests in flight per server at most.")
     concurrency: int | None = Field(
-        None, ge=1, description="Requests in flight in total (default: per_server x servers)."
+        default=None, ge=1, description="Requests in flight in total (default: per_server x servers)."
     )
     strategy: Strategy = "least-outstanding"
-    timeout: float = Field(300.0, gt=0, description="Seconds one request may take before it is retried elsewhere.")
-    connect_timeout: float = Field(10.0, gt=0)
-    max_retries: int = Field(5, ge=0, description="Retries per item after timeouts, connection errors, 429 and 5xx.")
-    backoff_base: float = Field(0.5, ge=0)
-    backoff_cap: float = Field(30.0, ge=0)
-    json_mode: bool = Field(False, description="Outputs must be JSON (implied by json_schema).")
-    json_schema: dict[str, Any] | bool | None = Field(None, description="JSON Schema every output must satisfy.")
-    max_schema_retries: int = Field(3, ge=0, description="Extra attempts, each with the next seed, for bad JSON.")
+    timeout: float = Field(
+        default=300.0, gt=0, description="Seconds one request may take before it is retried elsewhere."
+    )
+    connect_timeout: float = Field(default=10.0, gt=0)
+    max_retries: int = Field(
+        default=5, ge=0, description="Retries per item after timeouts, connection errors, 429 and 5xx."
+    )
+    backoff_base: float = Field(default=0.5, ge=0)
+    backoff_cap: float = Field(default=30.0, ge=0)
+    json_mode: bool = Field(default=False, description="Outputs must be JSON (implied by json_schema).")
+    json_schema: dict[str, Any] | bool | None = Field(
+        default=None, description="JSON Schema every output must satisfy."
+    )
+    max_schema_retries: int = Field(
+        default=3, ge=0, description="Extra attempts, each with the next seed, for bad JSON."
+    )
     defaults: dict[str, Any] = Field(default_factory=dict, description="Request parameters items do not set.")
-    health_interval: float = Field(5.0, gt=0, description="Seconds between health checks of every server.")
-    probe_timeout: float = Field(10.0, gt=0)
-    wait: float = Field(120.0, ge=0, description="Seconds with no usable server before remaining items fail.")
-    max_failures: int = Field(3, ge=1, description="Consecutive failures that eject a server.")
-    eject_cooldown: float = Field(2.0, ge=0, description="First ejection's pause; doubles per ejection in a row.")
-    eject_cooldown_cap: float = Field(60.0, ge=0)
-    default_pause: float = Field(1.0, ge=0, description="Pause after a 429/503 that has no Retry-After.")
-    jitter_seed: int | None = Field(None, description="Seed of the backoff jitter (tests).")
+    health_interval: float = Field(default=5.0, gt=0, description="Seconds between health checks of every server.")
+    probe_timeout: float = Field(default=10.0, gt=0)
+    wait: float = Field(default=120.0, ge=0, description="Seconds with no usable server before remaining items fail.")
+    max_failures: int = Field(default=3, ge=1, description="Consecutive failures that eject a server.")
+    eject_cooldown: float = Field(
+        default=2.0, ge=0, description="First ejection's pause; doubles per ejection in a row."
+    )
+    eject_cooldown_cap: float = Field(default=60.0, ge=0)
+    default_pause: float = Field(default=1.0, ge=0, description="Pause after a 429/503 that has no Retry-After.")
+    jitter_seed: int | None = Field(default=None, description="Seed of the backoff jitter (tests).")
 
     @property
     def wants_json(self) -> bool:

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
+import anyio
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
@@ -82,7 +83,10 @@ def _sse(
         finally:
             await events.aclose()
 
-    return EventSourceResponse(body(), sep="\n", ping=15, headers={"X-Accel-Buffering": "no"})
+    # On SIGTERM, sse-starlette would cut open streams at once; a grace period just under the server's
+    # own lets in-flight generations finish (they are bounded by max_tokens) while the server drains.
+    grace = max(runtime.settings.graceful_timeout - 5, 1)
+    return EventSourceResponse(body(), sep="\n", ping=15, shutdown_event=anyio.Event(), shutdown_grace_period=grace)
 
 
 async def _start(runtime: Runtime, prompt_ids: list[int], params: SamplingParams):

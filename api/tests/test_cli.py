@@ -1,0 +1,108 @@
+"""The `pibloom` command: serve under gunicorn, terminal chat, settings table."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+from click.testing import CliRunner
+
+from pibloom.cli import main
+from pibloom.runtime import Runtime
+from pibloom.settings import Settings
+
+from support import free_port, wait_for
+
+PIBLOOM = str(Path(sys.executable).parent / "pibloom")
+
+
+def test_settings_table_documents_every_variable() -> None:
+    result = CliRunner().invoke(main, ["settings", "--markdown"])
+    assert result.exit_code == 0
+    for name in Settings.model_fields:
+        assert f"`PIBLOOM_{name.upper()}`" in result.output
+
+
+def test_settings_come_from_the_environment(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PIBLOOM_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("PIBLOOM_API_KEYS", "a, b")
+    monkeypatch.setenv("PIBLOOM_CORS_ORIGINS", "https://x.example")
+    s = Settings()
+    assert (s.max_batch_size, s.api_keys, s.cors_origins) == (7, ["a", "b"], ["https://x.example"])
+
+
+def test_terminal_chat_streams_a_reply(api: tuple[str, Runtime]) -> None:
+    url, _ = api
+    result = CliRunner().invoke(main, ["chat", "--url", url, "--max-tokens", "6"], input="Hello\n/reset\nHi\n\n")
+    assert result.exit_code == 0, result.output
+    assert "tiny-bloom" in result.output
+    assert result.output.count("bot ") == 2
+
+
+def test_terminal_chat_reports_an_unreachable_server() -> None:
+    result = CliRunner().invoke(main, ["chat", "--url", f"http://127.0.0.1:{free_port()}"], input="\n")
+    assert result.exit_code == 1
+    assert "cannot reach" in result.output
+
+
+def test_serve_runs_gunicorn_and_drains_on_sigterm(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`pibloom serve` answers, and SIGTERM lets an in-flight generation finish before exiting."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        PIBLOOM_MODEL=str(tiny_model_dir),
+        PIBLOOM_PORT=str(port),
+        PIBLOOM_DTYPE="float32",
+        PIBLOOM_CACHE_DIR=str(tmp_path),
+        PIBLOOM_GRACEFUL_TIMEOUT="30",
+    )
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen([PIBLOOM, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/health/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, timeout=120, what="pibloom serve to be ready")
+        body = {
+            "model": "tiny-bloom",
+            "messages": [{"role": "user", "content": "Hello"}],
+            "max_tokens": 900,
+            "temperature": 0,
+            "stream": True,
+        }
+        chunks: list[str] = []
+        started = threading.Event()
+
+        def consume() -> None:
+            with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        chunks.append(line[6:])
+                        started.set()
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        assert started.wait(60)
+        proc.send_signal(signal.SIGTERM)
+        reader.join(120)
+        assert chunks[-1] == "[DONE]"
+        final = json.loads(chunks[-2])
+        assert final["choices"][0]["finish_reason"] == "length"
+        assert final["usage"]["completion_tokens"] == 900
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert "Booting worker" in (tmp_path / "serve.log").read_text()
