@@ -8,12 +8,13 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from . import __version__
 from .errors import install_error_handlers
 from .metrics import Metrics
-from .routes import chat, health, metrics, openai
+from .middleware import install_middleware
+from .openapi_errors import document_errors
+from .routes import chat, health, metrics, openai, score
 from .runtime import Runtime
 from .settings import Settings
 
@@ -49,14 +50,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(chat.router)
     app.include_router(openai.router)
     app.include_router(openai.inference)
+    app.include_router(score.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
-        )
-    app.add_middleware(metrics.RequestMetricsMiddleware, metrics=runtime.metrics)
+    # CORS, limits, request ids, access log and metrics: one place, one order.
+    install_middleware(app, settings, runtime, app.state.api_keys)
+    document_errors(app)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -52,10 +53,14 @@ def error_body(message: str, type: str, code: str | None, param: str | None = No
     return {"error": {"message": message, "type": type, "code": code, "param": param}}
 
 
+_TYPE_LABEL = re.compile(r"^(str|int|float|bool|list|dict|none|function-\w+)(\[.*\])?$")
+
+
 def _describe_validation(errors: list[Any]) -> tuple[str, str | None, str]:
     """Turn pydantic's error list into one readable sentence naming the field."""
     first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    # Unions add their member's type to the location ("text.list[str].0"): keep only the field path.
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _TYPE_LABEL.match(str(p))]
     field = ".".join(loc) or None
     kind = first.get("type", "")
     if kind == "extra_forbidden":

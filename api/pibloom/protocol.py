@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -108,6 +108,8 @@ class ChatMessage(Strict):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, description="Newer name for max_tokens.")
+    logprobs: bool = Field(False, description="Return the log-probability of each output token.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Also the N most likely tokens at each step.")
 
     @field_validator("messages")
     @classmethod
@@ -122,11 +124,25 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: Any = None
+    logprobs: ChatLogprobs | None = None
 
 
 def _new_id(prefix: str) -> str:
@@ -151,7 +167,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     finish_reason: str | None = None
-    logprobs: Any = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -168,6 +184,8 @@ class ChatCompletionChunk(BaseModel):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] = Field(description="Text, a one-item list, or token ids.")
+    logprobs: int | None = Field(None, ge=0, le=20, description="Logprobs of each token and the N most likely.")
+    echo: bool = Field(False, description="Return the prompt before the completion (with its logprobs).")
 
     @field_validator("prompt")
     @classmethod
@@ -182,11 +200,18 @@ class CompletionRequest(SamplingFields):
         return value
 
 
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str | None
-    logprobs: Any = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -221,3 +246,71 @@ class Health(BaseModel):
     status: Literal["ok", "loading", "draining", "failed"]
     model: str | None = None
     detail: str | None = None
+
+
+# --- scoring and tokenization -------------------------------------------------------------------
+
+
+class ScoreRequest(Strict):
+    model: str | None = Field(None, description="Optional; when given it must be the served model.")
+    text: str | list[str] = Field(description="A text, or a list of texts, to score.")
+    context: str | None = Field(None, description="Conditioned on but not scored (shared by every text).")
+    logprobs: bool = Field(False, description="Also return each token with its log-probability.")
+    top_logprobs: int = Field(0, ge=0, le=20, description="With `logprobs`: the N most likely tokens too.")
+
+    @field_validator("text")
+    @classmethod
+    def _texts(cls, value: str | list[str]) -> str | list[str]:
+        items = [value] if isinstance(value, str) else value
+        if not items:
+            raise ValueError("text must not be an empty list")
+        if len(items) > 256:
+            raise ValueError("at most 256 texts per request")
+        if any(not t for t in items):
+            raise ValueError("texts must not be empty")
+        return value
+
+
+class ScoredToken(BaseModel):
+    id: int
+    token: str
+    logprob: float
+    top_logprobs: list[TopLogprob] | None = None
+
+
+class Score(BaseModel):
+    index: int
+    tokens: int = Field(description="How many tokens were scored.")
+    logprob: float = Field(description="Sum of the tokens' natural-log probabilities.")
+    mean_logprob: float
+    perplexity: float = Field(description="exp(-mean_logprob)")
+    token_logprobs: list[ScoredToken] | None = None
+
+
+class ScoreResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Score]
+    usage: Usage
+
+
+class TokenizeRequest(Strict):
+    text: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = Field(True, description="With `messages`: end with the assistant's turn.")
+    add_special_tokens: bool = Field(False, description="With `text`: let the tokenizer add BOS/EOS.")
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int
+    text: str | None = Field(None, description="The text that was tokenized (after the chat template).")
+
+
+class DetokenizeRequest(Strict):
+    tokens: list[int] = Field(min_length=1)
+
+
+class DetokenizeResponse(BaseModel):
+    text: str

@@ -6,11 +6,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .engine.engine import Engine, EngineStoppedError, QueueFullError
 from .engine.loader import LoadedModel, load_model
-from .engine.request import Event, SamplingParams
+from .engine.request import Event, SamplingParams, TokenLogprob
 from .errors import APIError, bad_request, overloaded
 from .metrics import Metrics
 from .protocol import ChatMessage, SamplingFields
@@ -25,6 +26,8 @@ class Result:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class Runtime:
@@ -98,6 +101,11 @@ class Runtime:
         return "ok" if self.engine is not None else "loading"
 
     @property
+    def tokenizer(self) -> Any:
+        loaded, _ = self.require()
+        return loaded.tokenizer
+
+    @property
     def model_name(self) -> str:
         if self.loaded is not None:
             return self.loaded.name
@@ -155,7 +163,15 @@ class Runtime:
             raise bad_request("the prompt is empty after tokenization", param="messages")
         return ids
 
-    def sampling(self, body: SamplingFields, prompt_tokens: int, default_max: int | None = None) -> SamplingParams:
+    def sampling(
+        self,
+        body: SamplingFields,
+        prompt_tokens: int,
+        default_max: int | None = None,
+        *,
+        logprobs: int | None = None,
+        prompt_logprobs: bool = False,
+    ) -> SamplingParams:
         loaded, _ = self.require()
         s = self.settings
         for name in ("presence_penalty", "frequency_penalty"):
@@ -197,6 +213,8 @@ class Runtime:
             repetition_penalty=body.repetition_penalty or 1.0,
             stop=body.stop_list(),
             seed=body.seed,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
 
     # ------------------------------------------------------------------ running
@@ -221,11 +239,56 @@ class Runtime:
         parts: list[str] = []
         tokens = 0
         finish = "stop"
+        logprobs: list[TokenLogprob] = []
+        prompt_logprobs: list[TokenLogprob] = []
         async for event in self.stream(prompt_ids, params):
             parts.append(event.text)
             tokens = event.generated
+            if event.logprobs:
+                logprobs.extend(event.logprobs)  # an end-of-sequence token's entry is cut below
+            if event.prompt_logprobs is not None:
+                prompt_logprobs = event.prompt_logprobs
             if event.finish_reason is not None:
                 if event.finish_reason == "error":
                     raise APIError(500, event.error or "generation failed", type="server_error")
                 finish = event.finish_reason
-        return Result("".join(parts), finish, len(prompt_ids), tokens)
+        return Result("".join(parts), finish, len(prompt_ids), tokens, logprobs[:tokens], prompt_logprobs)
+
+    async def score(self, texts: list[str], context: str | None, top: int) -> tuple[list[list[TokenLogprob]], int]:
+        """Log-probabilities of each text's tokens given `context`; returns them and the tokens processed.
+
+        Without a context the text is conditioned on the BOS token, so that its first token is scored too.
+        """
+        loaded, engine = self.require()
+        prefix = (
+            self._encode(context) if context else ([loaded.bos_token_id] if loaded.bos_token_id is not None else [])
+        )
+        inputs = []
+        for i, text in enumerate(texts):
+            ids = prefix + self._encode(text)
+            if len(ids) > loaded.max_context:
+                raise bad_request(
+                    f"This model's maximum context length is {loaded.max_context} tokens, but text {i} "
+                    f"(with its context) has {len(ids)} tokens",
+                    param="text",
+                    code="context_length_exceeded",
+                )
+            if len(ids) < 2:
+                raise bad_request(f"text {i} is too short to score", param="text")
+            inputs.append(ids)
+        start = max(len(prefix), 1)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=True, score_only=True, score_from=start, logprobs=top)
+        # A long list must not overflow the waiting queue by itself: keep at most a batch in flight.
+        gate = asyncio.Semaphore(engine.max_rows)
+
+        async def one(ids: list[int]) -> list[TokenLogprob]:
+            async with gate:
+                async for event in self.stream(ids, params):
+                    if event.finish_reason == "error":
+                        raise APIError(500, event.error or "scoring failed", type="server_error")
+                    if event.prompt_logprobs is not None:
+                        return event.prompt_logprobs
+            raise APIError(500, "scoring produced no result", type="server_error")
+
+        results = await asyncio.gather(*(one(ids) for ids in inputs))
+        return list(results), sum(len(ids) for ids in inputs)

@@ -252,7 +252,7 @@ def test_client_disconnect_cancels_generation_and_frees_the_slot(api: tuple[str,
         lines = r.iter_lines()
         while not next(lines).startswith("data: "):
             pass
-        assert engine.load()["running"] == 1
+        wait_for(lambda: engine.load()["running"] == 1, what="the stream to be running")
     # Leaving the block closes the connection mid-stream.
     wait_for(lambda: engine.in_flight == 0, what="the slot to be freed")
     after = registry.get_sample_value("pibloom_sequences_finished_total", {"reason": "cancelled"})

@@ -160,7 +160,7 @@ async def test_disconnected_request_is_cancelled_and_its_slot_freed(engine: Engi
     stream: AsyncIterator[Event] = engine.stream(prompt, greedy(10_000))
     for _ in range(3):
         await anext(stream)
-    assert engine.load()["running"] == 1
+    await asyncio.to_thread(wait_for, lambda: engine.load()["running"] == 1, 20.0, "the request to run")
     await stream.aclose()  # what a client disconnect does
     wait_for(lambda: engine.load()["running"] == 0, what="the slot to be freed")
     cancelled = engine.metrics.registry.get_sample_value("pibloom_sequences_finished_total", {"reason": "cancelled"})

@@ -24,8 +24,8 @@ from ..metrics import Metrics
 from .detokenizer import IncrementalDecoder, StopMatcher
 from .kv_cache import SlotCache
 from .loader import LoadedModel
-from .request import Event, FinishReason, Request, SamplingParams
-from .sampling import make_generator, sample_batch
+from .request import Event, FinishReason, Request, SamplingParams, TokenLogprob
+from .sampling import make_generator, sample_batch, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class _Sequence:
     prefill_cache: Any = None
     prefilled: int = 0
     logits: torch.Tensor | None = field(default=None, repr=False)
+    prompt_lp: list[TokenLogprob] = field(default_factory=list)
+    sent_prompt_logprobs: bool = False
 
 
 class Engine:
@@ -232,43 +234,102 @@ class Engine:
                 self.metrics.finished.labels("cancelled").inc()
             self._remove_rows(gone)
 
-    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any):
+    def _forward(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, keep: int = 1
+    ) -> torch.Tensor:
+        """Logits of the last `keep` positions (0: all), shape [rows, positions, vocab]."""
         kwargs: dict[str, Any] = {"attention_mask": mask, "past_key_values": cache, "use_cache": True}
         if self.loaded.accepts_position_ids:
             kwargs["position_ids"] = positions
-        # Only the last position's logits are needed: skip the vocabulary projection for the rest.
-        out = self.model(input_ids=input_ids, logits_to_keep=1, **kwargs)
-        return out.logits[:, -1, :]
+        # Skipping the vocabulary projection for positions nobody reads saves most of a prefill's work.
+        out = self.model(input_ids=input_ids, logits_to_keep=keep, **kwargs)
+        return out.logits
 
     def _prefill_step(self) -> None:
+        """Spend up to `prefill_chunk` prompt tokens: short prompts together in one padded forward
+        pass, and at most one long (or logprob-hungry) prompt a chunk at a time."""
         budget = self.prefill_chunk
-        device = self.loaded.device
+        group: list[_Sequence] = []
+        chunked = False
         for seq in list(self._prefilling):
             if budget <= 0:
                 break
-            prompt = seq.request.prompt_ids
-            if seq.prefill_cache is None:
-                seq.prefill_cache = DynamicCache(config=self.model.config)
-            chunk = prompt[seq.prefilled : seq.prefilled + budget]
-            start, end = seq.prefilled, seq.prefilled + len(chunk)
-            ids = torch.tensor([chunk], dtype=torch.long, device=device)
-            mask = torch.ones((1, end), dtype=torch.long, device=device)
-            positions = torch.arange(start, end, device=device).unsqueeze(0)
-            seq.logits = self._forward(ids, mask, positions, seq.prefill_cache)
-            seq.prefilled = end
-            budget -= len(chunk)
-            if seq.prefilled == len(prompt):
-                self._prefilling.remove(seq)
-                self.metrics.prompt_tokens.inc(len(prompt))
-                self._join(seq)
+            remaining = len(seq.request.prompt_ids) - seq.prefilled
+            whole = seq.prefilled == 0 and remaining <= budget and not seq.request.params.prompt_logprobs
+            if whole:
+                group.append(seq)
+                budget -= remaining
+            elif not chunked:
+                chunked = True
+                budget -= self._prefill_chunk(seq, budget)
+        if group:
+            self._prefill_group(group)
 
-    def _join(self, seq: _Sequence) -> None:
+    def _prefill_chunk(self, seq: _Sequence, budget: int) -> int:
+        device = self.loaded.device
+        prompt = seq.request.prompt_ids
+        if seq.prefill_cache is None:
+            seq.prefill_cache = DynamicCache(config=self.model.config)
+        start = seq.prefilled
+        chunk = prompt[start : start + budget]
+        end = start + len(chunk)
+        ids = torch.tensor([chunk], dtype=torch.long, device=device)
+        mask = torch.ones((1, end), dtype=torch.long, device=device)
+        positions = torch.arange(start, end, device=device).unsqueeze(0)
+        want_all = seq.request.params.prompt_logprobs
+        logits = self._forward(ids, mask, positions, seq.prefill_cache, keep=0 if want_all else 1)[0]
+        if want_all:
+            # Position i predicts prompt token i + 1.
+            targets = prompt[start + 1 : end + 1]
+            if targets:
+                top = seq.request.params.logprobs or 0
+                target_ids = torch.tensor(targets, device=device)
+                seq.prompt_lp.extend(token_logprobs(logits[: len(targets)], target_ids, top))
+        seq.logits = logits[-1:]
+        seq.prefilled = end
+        if end == len(prompt):
+            self._prefilling.remove(seq)
+            self.metrics.prompt_tokens.inc(len(prompt))
+            if seq.request.params.score_only:
+                self._finish_score(seq)
+            else:
+                self._join(seq, seq.prefill_cache, 0)
+        return len(chunk)
+
+    def _prefill_group(self, group: list[_Sequence]) -> None:
+        device = self.loaded.device
+        width = max(len(s.request.prompt_ids) for s in group)
+        pad = self.loaded.pad_token_id
+        rows = [[pad] * (width - len(s.request.prompt_ids)) + s.request.prompt_ids for s in group]
+        ids = torch.tensor(rows, dtype=torch.long, device=device)
+        lengths = torch.tensor([len(s.request.prompt_ids) for s in group], device=device)
+        mask = (torch.arange(width, device=device).unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(ids, mask, positions, cache)
+        for i, seq in enumerate(group):
+            self._prefilling.remove(seq)
+            self.metrics.prompt_tokens.inc(len(seq.request.prompt_ids))
+            seq.logits = logits[i]
+            self._join(seq, cache, i)
+
+    def _finish_score(self, seq: _Sequence) -> None:
+        params = seq.request.params
+        scored = seq.prompt_lp[max(params.score_from - 1, 0) :]
+        seq.request.emit(Event(text="", token_ids=[], generated=0, prompt_logprobs=scored, finish_reason="stop"))
+        self.metrics.finished.labels("scored").inc()
+
+    def _join(self, seq: _Sequence, prefill_cache: Any, src_row: int) -> None:
         """Sample the first token from the prefill logits and move the sequence into the batch."""
         assert seq.logits is not None
-        token = sample_batch(seq.logits, [seq.request.params], [seq.generator], [seq.history])[0]
+        params = seq.request.params
+        token = sample_batch(seq.logits, [params], [seq.generator], [seq.history])[0]
+        lp = None
+        if params.logprobs is not None:
+            lp = token_logprobs(seq.logits, torch.tensor([token], device=seq.logits.device), params.logprobs)[0]
         seq.logits = None
-        if self._emit(seq, token):
-            seq.prefill_cache = None
+        seq.prefill_cache = None
+        if self._emit(seq, token, lp):
             return
         size = len(seq.request.prompt_ids)
         cache = self._cache
@@ -281,8 +342,7 @@ class Engine:
             for other in self._running:
                 other.start += grow
         row = len(self._running)
-        cache.insert(row, seq.prefill_cache, cache.length - size)
-        seq.prefill_cache = None
+        cache.insert(row, prefill_cache, src_row, size)
         seq.start = cache.length - size
         seq.next_token = token
         self._running.append(seq)
@@ -297,7 +357,7 @@ class Engine:
         mask = (columns.unsqueeze(0) >= starts.unsqueeze(1)).long()
         positions = (length - starts).unsqueeze(1)
         ids = torch.tensor([[s.next_token] for s in rows], dtype=torch.long, device=device)
-        logits = self._forward(ids, mask, positions, cache)
+        logits = self._forward(ids, mask, positions, cache)[:, -1, :]
         cache.advance(1)
         self.metrics.batch_size.observe(len(rows))
         tokens = sample_batch(
@@ -306,16 +366,25 @@ class Engine:
             [s.generator for s in rows],
             [s.history for s in rows],
         )
+        logprobs: dict[int, TokenLogprob] = {}
+        wanted = [i for i, s in enumerate(rows) if s.request.params.logprobs is not None]
+        if wanted:
+            top = max(rows[i].request.params.logprobs or 0 for i in wanted)
+            index = torch.tensor(wanted, device=device)
+            chosen = torch.tensor([tokens[i] for i in wanted], device=device)
+            for i, lp in zip(wanted, token_logprobs(logits[index], chosen, top), strict=True):
+                own = rows[i].request.params.logprobs or 0
+                logprobs[i] = TokenLogprob(lp.token_id, lp.logprob, lp.top[:own])
         finished: list[int] = []
         for i, (seq, token) in enumerate(zip(rows, tokens, strict=True)):
-            if self._emit(seq, token):
+            if self._emit(seq, token, logprobs.get(i)):
                 finished.append(i)
             else:
                 seq.next_token = token
         if finished:
             self._remove_rows(finished)
 
-    def _emit(self, seq: _Sequence, token: int) -> bool:
+    def _emit(self, seq: _Sequence, token: int, logprob: TokenLogprob | None = None) -> bool:
         """Account for one sampled token; returns True when the sequence is finished."""
         request = seq.request
         params = request.params
@@ -347,7 +416,20 @@ class Engine:
                 text += seq.stops.flush()
             self.metrics.finished.labels(finish).inc()
         # Every token is reported, even one whose text is not complete yet (part of a character).
-        request.emit(Event(text=text, token_ids=[token], generated=len(request.output_ids), finish_reason=finish))
+        prompt_lp = None
+        if not seq.sent_prompt_logprobs and params.prompt_logprobs:
+            seq.sent_prompt_logprobs = True
+            prompt_lp = seq.prompt_lp
+        request.emit(
+            Event(
+                text=text,
+                token_ids=[token],
+                logprobs=[logprob] if logprob is not None else None,
+                prompt_logprobs=prompt_lp,
+                generated=len(request.output_ids),
+                finish_reason=finish,
+            )
+        )
         return finish is not None
 
     def _remove_rows(self, indices: list[int]) -> None:

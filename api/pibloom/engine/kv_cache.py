@@ -86,23 +86,20 @@ class SlotCache(Cache):
     def advance(self, columns: int) -> None:
         self.state.length += columns
 
-    def insert(self, row: int, prefill: Cache, pad_left: int) -> None:
-        """Copy a single-sequence prefill cache into `row`, right-aligned at the current length.
-
-        The caller guarantees the prompt fits (`shift_right` first when it is longer than `length`).
-        """
+    def insert(self, row: int, prefill: Cache, src_row: int, size: int) -> None:
+        """Copy the last `size` columns of `src_row` of a prefill cache into `row`, right-aligned at
+        the current length (the caller shifts the batch first when the prompt is longer)."""
         length = self.state.length
         for layer, src in zip(self.layers, prefill.layers, strict=True):
             if not layer.is_initialized:
                 layer.lazy_initialization(src.keys, src.values)
             layer.reserve(length)
-            size = src.keys.shape[-2]
-            layer.keys[row, :, length - size : length] = src.keys[0]
-            layer.values[row, :, length - size : length] = src.values[0]
-            if pad_left:
-                # Stale values under the padding are masked out, but zero them so nothing NaN can leak.
-                layer.keys[row, :, :pad_left] = 0
-                layer.values[row, :, :pad_left] = 0
+            layer.keys[row, :, length - size : length] = src.keys[src_row, :, -size:]
+            layer.values[row, :, length - size : length] = src.values[src_row, :, -size:]
+            if length > size:
+                # Columns under the padding are masked out; zero them so no stale value can leak.
+                layer.keys[row, :, : length - size] = 0
+                layer.values[row, :, : length - size] = 0
         self.state.rows = max(self.state.rows, row + 1)
 
     def shift(self, columns: int) -> None:

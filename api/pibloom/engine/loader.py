@@ -67,6 +67,8 @@ class LoadedModel:
     eos_token_ids: frozenset[int]
     extra_stop: tuple[str, ...]
     accepts_position_ids: bool
+    pad_token_id: int = 0
+    bos_token_id: int | None = None
 
 
 def cache_root(settings: Settings) -> Path:
@@ -245,6 +247,8 @@ def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings) ->
         eos_token_ids=frozenset(eos),
         extra_stop=extra_stop,
         accepts_position_ids=accepts_position_ids,
+        pad_token_id=int(tokenizer.pad_token_id),
+        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
     )
 
 

@@ -23,10 +23,21 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: off; N: the chosen token's logprob and the N most likely
+    prompt_logprobs: bool = False  # logprobs of the prompt's own tokens (echo, scoring)
+    score_only: bool = False  # prefill only: score the prompt, generate nothing
+    score_from: int = 1  # first prompt position whose logprob counts (earlier ones are context)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -35,6 +46,8 @@ class Event:
 
     text: str
     token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None  # sent once, with the first event
     generated: int = 0  # completion tokens so far (an end-of-sequence token is not counted)
     finish_reason: FinishReason | None = None
     error: str | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .request import SamplingParams
+from .request import SamplingParams, TokenLogprob
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
@@ -72,3 +72,16 @@ def sample_batch(
         else:
             out.append(sample_row(logits[row], p, generators[row], histories[row]))
     return out
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, top: int) -> list[TokenLogprob]:
+    """Log-probabilities of `targets` under each row of `logits` (float32), with the `top` best."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1).tolist()
+    ids = targets.tolist()
+    if top > 0:
+        values, indices = torch.topk(logp, min(top, logp.shape[-1]), dim=-1)
+        tops = [tuple(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
+    else:
+        tops = [() for _ in ids]
+    return [TokenLogprob(t, lp, tp) for t, lp, tp in zip(ids, chosen, tops, strict=True)]
