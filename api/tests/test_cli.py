@@ -60,7 +60,7 @@ def test_serve_runs_gunicorn_and_drains_on_sigterm(tiny_model_dir: Path, tmp_pat
         PIBLOOM_PORT=str(port),
         PIBLOOM_DTYPE="float32",
         PIBLOOM_CACHE_DIR=str(tmp_path),
-        PIBLOOM_GRACEFUL_TIMEOUT="30",
+        PIBLOOM_GRACEFUL_TIMEOUT="90",
     )
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen([PIBLOOM, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -77,7 +77,7 @@ def test_serve_runs_gunicorn_and_drains_on_sigterm(tiny_model_dir: Path, tmp_pat
         body = {
             "model": "tiny-bloom",
             "messages": [{"role": "user", "content": "Hello"}],
-            "max_tokens": 900,
+            "max_tokens": 600,
             "temperature": 0,
             "stream": True,
         }
@@ -94,12 +94,14 @@ def test_serve_runs_gunicorn_and_drains_on_sigterm(tiny_model_dir: Path, tmp_pat
         reader = threading.Thread(target=consume)
         reader.start()
         assert started.wait(60)
+        at_signal = len(chunks)
         proc.send_signal(signal.SIGTERM)
         reader.join(120)
         assert chunks[-1] == "[DONE]"
         final = json.loads(chunks[-2])
         assert final["choices"][0]["finish_reason"] == "length"
-        assert final["usage"]["completion_tokens"] == 900
+        assert final["usage"]["completion_tokens"] == 600
+        assert at_signal < len(chunks) - 2  # the generation really was in flight when SIGTERM came
         assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
