@@ -10,6 +10,8 @@ BIN := $(CURDIR)/$(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 export PIBLOOM_CACHE_DIR ?= $(CURDIR)/.cache/pibloom
+# Tests and the local stack share the cores between several processes: see api/pibloom/server.py.
+export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.pibloom-installed
 
 .PHONY: setup setup-api setup-web system-deps model run serve test lint test-api test-web test-deploy test-e2e bench clean

@@ -80,6 +80,11 @@ def _register_optional() -> None:
     except ImportError:
         return
     main.add_command(batch_command, "batch")
+    try:  # the bench needs the dev extras (psutil, matplotlib)
+        from .bench.command import bench_command
+    except ImportError:
+        return
+    main.add_command(bench_command, "bench")
 
 
 _register_optional()

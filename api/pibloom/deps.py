@@ -41,3 +41,12 @@ def require_api_key(request: Request, runtime: RuntimeDep) -> None:
 
 
 ApiKey = Depends(require_api_key)
+
+
+def require_metrics_key(request: Request, runtime: RuntimeDep) -> None:
+    """The API key check on /metrics, only when PIBLOOM_METRICS_REQUIRE_KEY is on."""
+    if runtime.settings.metrics_require_key:
+        require_api_key(request, runtime)
+
+
+MetricsKey = Depends(require_metrics_key)

@@ -6,6 +6,8 @@ the description of each field is the documentation users read.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -13,6 +15,19 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "default"
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)s?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+_UNIT_SECONDS |= {"d": 86400, "day": 86400}
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """`60/minute` -> (60, 60.0); `5/10s` -> (5, 10.0)."""
+    match = _RATE.match(text)
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f"rate limit must look like '60/minute' or '5/10s', got {text!r}")
+    count, multiple, unit = int(match.group(1)), match.group(2), match.group(3).lower()
+    return count, float(int(multiple or 1) * _UNIT_SECONDS[unit])
 
 
 def _default_cache_dir() -> Path:
@@ -72,16 +87,66 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="CORS allow-list (comma-separated); empty: CORS off."
     )
+    metrics_require_key: bool = Field(
+        False, description="Require an API key on `/metrics` too (when keys are set); off: metrics stay open."
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted; larger ones get 413 before being read."
+    )
+    rate_limit: str | None = Field(
+        None,
+        description="Per-client request budget on inference routes, e.g. `60/minute` (units: second, minute, "
+        "hour, day); past it: 429 with `Retry-After`. Unset: no limit in the api (nginx limits in the stack).",
+    )
+    rate_limit_burst: int | None = Field(
+        None, ge=1, description="Requests a client may send at once before the rate applies (default: the count)."
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Proxies (comma-separated addresses or networks, e.g. `127.0.0.1,10.1.0.0/16`) whose "
+        "`X-Forwarded-For` names the client for rate limits and logs (default: loopback only); empty: the "
+        "peer address is always the client.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_json: bool = Field(False, description="Structured JSON logs.")
-    log_prompts: bool = Field(False, description="Log prompts and completions (off: privacy).")
+    access_log: bool = Field(
+        True, description="One line per request: method, path (no query string), status, time, request id."
+    )
+    log_prompts: bool = Field(
+        False,
+        description="Log request and response bodies of inference routes, i.e. prompts and completions "
+        "(a debugging aid; off: they never reach the logs).",
+    )
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP address or network: {item!r}") from exc
+        return value
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _rate(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip() or None
+            if value is not None:
+                parse_rate(value)  # raises with a readable message
+        return value
+
+    def rate_limit_spec(self) -> tuple[int, float] | None:
+        """(requests, per seconds) from `rate_limit`, or None when unlimited."""
+        return parse_rate(self.rate_limit) if self.rate_limit else None
 
     def all_api_keys(self) -> list[str]:
         keys = list(self.api_keys)

@@ -108,3 +108,9 @@ def test_serve_runs_gunicorn_and_drains_on_sigterm(tiny_model_dir: Path, tmp_pat
             proc.kill()
         log.close()
     assert "Booting worker" in (tmp_path / "serve.log").read_text()
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    missing = [f"PIBLOOM_{name.upper()}" for name in Settings.model_fields if f"`PIBLOOM_{name.upper()}`" not in readme]
+    assert not missing, f"README.md's configuration table lacks {missing}; run `pibloom settings --markdown`"

@@ -8,6 +8,7 @@ import helmet from 'helmet';
 import morgan from 'morgan';
 import { PAGE_CSP, notBuiltPage } from './errors.js';
 import { apiProxy } from './proxy.js';
+import { requestId, withRequestId } from './requestId.js';
 
 const YEAR = 365 * 24 * 60 * 60;
 
@@ -67,10 +68,11 @@ export function createApp({ apiUrl, apiKey = '', distDir, logFormat = 'combined'
   app.disable('x-powered-by');
   // Behind nginx / a cluster ingress: take the client address from X-Forwarded-For of local hops only.
   app.set('trust proxy', 'loopback, linklocal, uniquelocal');
+  app.use(requestId());
 
   if (log) {
     app.use(
-      morgan(logFormat, {
+      morgan(withRequestId(logFormat), {
         stream: log,
         // Probes every few seconds would drown the log; failures are still logged.
         skip: (req, res) => req.path === '/healthz' && res.statusCode < 400,

@@ -11,6 +11,8 @@ export function apiProxy({ apiUrl, apiKey }) {
     on: {
       proxyReq(proxyReq, req, res) {
         if (apiKey) proxyReq.setHeader('Authorization', `Bearer ${apiKey}`);
+        // The id this server checked or made (server/requestId.js), so the api logs the same one.
+        if (req.id) proxyReq.setHeader('X-Request-ID', req.id);
         // A browser that aborts (the Stop button) must abort the upstream request too, even before the
         // api has sent headers, so the api sees the disconnect and stops generating.
         res.on('close', () => {

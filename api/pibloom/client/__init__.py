@@ -8,10 +8,13 @@ Library use::
         [{"id": 1, "prompt": "Once upon a time"}], ["http://pi1:8000", "http://pi2:8000"], BatchOptions()
     )
 
+Scoring texts (log-likelihood, perplexity; piBLOOM servers only) is `BatchOptions(score=True)` with
+items `{"id": ..., "text": "..."}`, whose results are ScoreRow.
+
 The command line is `pibloom batch` (pibloom.client.command.batch_command).
 """
 
-from .models import BatchItem, ErrorInfo, ResultRow, Usage
+from .models import BatchItem, ErrorInfo, ResultRow, ScoreItem, ScoreRow, Usage
 from .options import BatchOptions
 from .runner import BatchReport, run_batch
 from .summary import Summary
@@ -22,6 +25,8 @@ __all__ = [
     "BatchReport",
     "ErrorInfo",
     "ResultRow",
+    "ScoreItem",
+    "ScoreRow",
     "Summary",
     "Usage",
     "run_batch",

@@ -11,7 +11,7 @@ import click
 
 from .inputs import InputError, read_items
 from .inventory import DEFAULT_PORT, InventoryError, normalize_url, read_servers
-from .models import ResultRow, id_key
+from .models import Row, id_key
 from .options import BatchOptions
 from .output import OutputFileError, ResultWriter
 from .progress import Progress
@@ -82,6 +82,15 @@ def _servers(servers: tuple[str, ...], servers_file: Path | None, group: str | N
     default="auto",
     show_default=True,
     help="auto: .jsonl/.ndjson/.json are JSONL, anything else one prompt a line.",
+)
+@click.option(
+    "--score",
+    is_flag=True,
+    help="Score each text (log-likelihood, perplexity) with piBLOOM's /v1/score instead of generating.",
+)
+@click.option(
+    "--context",
+    help="With --score: text each one is conditioned on but not scored (an item's own 'context' wins).",
 )
 @click.option("--model", help="Model to request (default: the first one each server lists).")
 @click.option("--api-key", envvar="PIBLOOM_API_KEY", help="Bearer token for the servers.")
@@ -166,6 +175,8 @@ def batch_command(
     group: str | None,
     port: int,
     input_format: str,
+    score: bool,
+    context: str | None,
     model: str | None,
     api_key: str | None,
     max_tokens: int | None,
@@ -185,12 +196,29 @@ def batch_command(
     progress: bool | None,
     summary_json: Path | None,
 ) -> None:
-    """Run every prompt in INPUT on a cluster of servers and write the results to --output.
+    """Run every prompt (or, with --score, every text) in INPUT on a cluster of servers; results to --output.
 
     INPUT is JSONL (`{"id": ..., "prompt": "..."}` or `{"id": ..., "messages": [...]}` plus any request
     parameters) or a text file with one prompt a line (the id is the line number). Servers are
     piBLOOM replicas or any OpenAI-compatible server.
+
+    With --score, each item is a text to score instead (`{"id": ..., "text": "...", "context"?: "..."}`
+    or one text a line), sent to piBLOOM's /v1/score; each result row holds its tokens, logprob,
+    mean_logprob and perplexity.
     """
+    if score:
+        generation = {
+            "--max-tokens": max_tokens is not None,
+            "--temperature": temperature is not None,
+            "--param": bool(params),
+            "--json": json_mode,
+            "--json-schema": json_schema is not None,
+        }
+        given = [name for name, used in generation.items() if used]
+        if given:
+            raise click.UsageError(f"--score does not take generation options: {', '.join(given)}")
+    elif context is not None:
+        raise click.UsageError("--context needs --score")
     defaults = _params(params)
     if max_tokens is not None:
         defaults.setdefault("max_tokens", max_tokens)
@@ -198,7 +226,7 @@ def batch_command(
         defaults.setdefault("temperature", temperature)
     try:
         urls = _servers(servers, servers_file, group, port)
-        items = read_items(input_path, input_format)  # type: ignore[arg-type]
+        items = read_items(input_path, input_format, score=score)  # type: ignore[arg-type]
         # Loaded (and checked) before any request, so a wrong schema fails at once.
         schema = load_schema(json_schema).schema if json_schema is not None else None
         options = BatchOptions(
@@ -215,6 +243,8 @@ def batch_command(
             defaults=defaults,
             health_interval=health_interval,
             wait=wait,
+            score=score,
+            context=context,
         )
         writer = ResultWriter(output, json_mode=options.wants_json)
         skip = writer.resume(retry_failed=retry_failed)
@@ -226,7 +256,7 @@ def batch_command(
     skipped = sum(1 for item in items if id_key(item.id) in skip)
     bar = Progress(len(items), skipped=skipped, enabled=progress)
 
-    def on_result(row: ResultRow) -> None:
+    def on_result(row: Row) -> None:
         writer.write(row)
         bar.update(row)
 

@@ -1,4 +1,4 @@
-"""Reading the prompts: JSONL items or a plain text file with one prompt a line."""
+"""Reading the items: JSONL or a plain text file with one prompt (or, with `--score`, one text) a line."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from .models import BatchItem, id_key
+from .models import BatchItem, Item, ScoreItem, id_key
 
 InputFormat = Literal["auto", "jsonl", "text"]
 JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
@@ -37,22 +37,25 @@ def _validation_message(error: ValidationError) -> str:
     for problem in error.errors():
         where = ".".join(str(part) for part in problem["loc"])
         message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key (a score item takes id, text, context and meta)"
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
 
 
-def parse_item(data: Any) -> BatchItem:
-    if isinstance(data, BatchItem):
+def parse_item(data: Any, kind: type[BatchItem] | type[ScoreItem] = BatchItem) -> Item:
+    """A BatchItem (default) or a ScoreItem from a dict; InputError says what is wrong."""
+    if isinstance(data, kind):
         return data
     if not isinstance(data, dict):
         raise InputError(f"an item must be a JSON object, got {type(data).__name__}")
     try:
-        return BatchItem.model_validate(data)
+        return kind.model_validate(data)
     except ValidationError as exc:
         raise InputError(_validation_message(exc)) from exc
 
 
-def unique(items: Iterable[BatchItem], *, source: str = "input") -> list[BatchItem]:
+def unique(items: Iterable[Item], *, source: str = "input") -> list[Item]:
     """The items as a list; a repeated id is an error, since results are keyed by id."""
     seen: set[str] = set()
     result = []
@@ -65,27 +68,30 @@ def unique(items: Iterable[BatchItem], *, source: str = "input") -> list[BatchIt
     return result
 
 
-def read_items(path: str | Path, fmt: InputFormat = "auto") -> list[BatchItem]:
+def read_items(path: str | Path, fmt: InputFormat = "auto", *, score: bool = False) -> list[Item]:
     """All items of a JSONL or text file, in file order.
 
-    JSONL: one object a line with `id` and `prompt` or `messages`. Text: every non-blank line is a
-    prompt whose id is its line number, so a re-run over the same file resumes correctly.
+    JSONL: one object a line with `id` and `prompt` or `messages` (with `score`: `id`, `text` and an
+    optional `context`). Text: every non-blank line is a prompt (or a text to score) whose id is its
+    line number, so a re-run over the same file resumes correctly.
     """
-    kind = detect_format(path) if fmt == "auto" else fmt
-    items: list[BatchItem] = []
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    kind = ScoreItem if score else BatchItem
+    field = "text" if score else "prompt"
+    items: list[Item] = []
     for number, raw in _lines(path):
         line = raw.strip()
         if not line:
             continue
-        if kind == "text":
-            items.append(BatchItem(id=number, prompt=raw.rstrip("\r\n")))
+        if fmt == "text":
+            items.append(kind.model_validate({"id": number, field: raw.rstrip("\r\n")}))
             continue
         try:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
         try:
-            items.append(parse_item(data))
+            items.append(parse_item(data, kind))
         except InputError as exc:
             raise InputError(f"{path}:{number}: {exc}") from exc
     return unique(items, source=str(path))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ItemId = str | int
 
@@ -17,6 +17,16 @@ def id_key(item_id: ItemId) -> str:
     return str(item_id)
 
 
+def _id_not_empty(value: ItemId) -> ItemId:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("id must not be empty")
+    return value
+
+
+# The id of an input item: a number or a non-blank string.
+InputId = Annotated[ItemId, AfterValidator(_id_not_empty)]
+
+
 class BatchItem(BaseModel):
     """One prompt: an id, either `prompt` (text completion) or `messages` (chat), and parameters.
 
@@ -26,17 +36,10 @@ class BatchItem(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    id: ItemId
+    id: InputId
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
     meta: Any = None
-
-    @field_validator("id")
-    @classmethod
-    def _id_not_empty(cls, value: ItemId) -> ItemId:
-        if isinstance(value, str) and not value.strip():
-            raise ValueError("id must not be empty")
-        return value
 
     @field_validator("messages")
     @classmethod
@@ -67,10 +70,32 @@ class BatchItem(BaseModel):
         return self.messages is not None
 
 
-class ErrorInfo(BaseModel):
-    """Why an item failed: `type` is one of http, timeout, connection, schema, bad_response, no_server."""
+class ScoreItem(BaseModel):
+    """One text to score (`--score`): its log-likelihood, optionally conditioned on a `context`.
 
-    type: Literal["http", "timeout", "connection", "ejected", "schema", "bad_response", "no_server"]
+    `context` overrides the run's default context; `meta` is copied to the result row, never sent.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: InputId
+    text: str
+    context: str | None = None
+    meta: Any = None
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_empty(cls, value: str) -> str:
+        if not value:
+            raise ValueError("text must not be empty")
+        return value
+
+
+class ErrorInfo(BaseModel):
+    """Why an item failed: `type` is one of http, timeout, connection, ejected, schema, bad_response,
+    no_server or unsupported (a server without the endpoint, e.g. no /v1/score)."""
+
+    type: Literal["http", "timeout", "connection", "ejected", "schema", "bad_response", "no_server", "unsupported"]
     message: str
     status: int | None = None
 
@@ -109,3 +134,29 @@ class ResultRow(BaseModel):
         if self.meta is None:
             exclude.add("meta")
         return self.model_dump_json(by_alias=True, exclude=exclude) + "\n"
+
+
+class ScoreRow(BaseModel):
+    """One line of the output file in `--score` mode; the numbers are None when the item failed."""
+
+    id: ItemId
+    tokens: int | None = None
+    logprob: float | None = None
+    mean_logprob: float | None = None
+    perplexity: float | None = None
+    server: str | None = None
+    attempts: int = 0
+    latency_s: float | None = None
+    error: ErrorInfo | None = None
+    meta: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json_line(self, *, json_mode: bool = False) -> str:
+        return self.model_dump_json(exclude={"meta"} if self.meta is None else set()) + "\n"
+
+
+Row = ResultRow | ScoreRow
+Item = BatchItem | ScoreItem

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Strategy = Literal["least-outstanding", "round-robin"]
 
@@ -46,6 +46,20 @@ class BatchOptions(BaseModel):
     eject_cooldown_cap: float = Field(default=60.0, ge=0)
     default_pause: float = Field(default=1.0, ge=0, description="Pause after a 429/503 that has no Retry-After.")
     jitter_seed: int | None = Field(default=None, description="Seed of the backoff jitter (tests).")
+    score: bool = Field(
+        default=False, description="Score texts (log-likelihood, via piBLOOM's /v1/score) instead of generating."
+    )
+    context: str | None = Field(
+        default=None, description="With `score`: text each one is conditioned on, unless the item has its own."
+    )
+
+    @model_validator(mode="after")
+    def _mode_fits(self) -> BatchOptions:
+        if self.score and (self.wants_json or self.defaults):
+            raise ValueError("scoring takes no generation parameters, json_mode or json_schema")
+        if self.context is not None and not self.score:
+            raise ValueError("context is for scoring (score=True)")
+        return self
 
     @property
     def wants_json(self) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from .models import ResultRow, id_key
+from .models import Row, id_key
 
 
 class OutputFileError(ValueError):
@@ -88,7 +88,7 @@ class ResultWriter:
         self._file = self.path.open("a", encoding="utf-8")
         return self
 
-    def write(self, row: ResultRow) -> None:
+    def write(self, row: Row) -> None:
         if self._file is None:
             self.open()
         assert self._file is not None

@@ -7,7 +7,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from .models import ResultRow
+from .models import Row
 
 
 class Progress:
@@ -25,7 +25,7 @@ class Progress:
             disable=None if enabled is None else not enabled,
         )
 
-    def update(self, row: ResultRow) -> None:
+    def update(self, row: Row) -> None:
         if row.error is None:
             self.ok += 1
         else:

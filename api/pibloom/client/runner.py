@@ -12,79 +12,51 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from jsonschema.protocols import Validator
 
 from .inputs import parse_item, unique
 from .inventory import normalize_url
-from .models import BatchItem, ErrorInfo, ItemId, ResultRow, Usage, id_key
+from .jobs import Job, ScoreJob
+from .models import BatchItem, ErrorInfo, Item, ItemId, Row, ScoreItem, id_key
 from .options import BatchOptions
 from .retry import Backoff
-from .servers import Attempt, NoServerError, Server, ServerPool
+from .servers import Attempt, NoServerError, Server, ServerPool, UnsupportedError
 from .summary import Summary
-from .validate import OutputError, make_validator, parse_output
+from .validate import make_validator
 
-ResultCallback = Callable[[ResultRow], Awaitable[None] | None]
+ResultCallback = Callable[[Row], Awaitable[None] | None]
 
 
 @dataclass
 class BatchReport:
-    results: list[ResultRow]
+    results: list[Row]
     summary: Summary
 
     @property
-    def failed(self) -> list[ResultRow]:
+    def failed(self) -> list[Row]:
         return [row for row in self.results if row.error is not None]
 
 
-def _usage(data: Mapping[str, Any] | None) -> Usage | None:
-    raw = data.get("usage") if data else None
-    if not isinstance(raw, dict):
-        return None
-    try:
-        return Usage.model_validate(raw)
-    except ValueError:
-        return None
-
-
 class _ItemRunner:
-    def __init__(self, pool: ServerPool, options: BatchOptions, validator: Validator | None) -> None:
+    """The attempt loop of one item: take a server slot, send, and retry elsewhere on failure."""
+
+    def __init__(self, pool: ServerPool, options: BatchOptions, job: Job) -> None:
         self.pool = pool
         self.options = options
-        self.validator = validator
+        self.job = job
         self.backoff = Backoff(options.backoff_base, 2.0, options.backoff_cap)
         self.rng = random.Random(options.jitter_seed)
 
-    def body(self, item: BatchItem, server: Server, schema_retry: int) -> dict[str, Any]:
-        body: dict[str, Any] = {}
-        model = self.options.model or server.model
-        if model:
-            body["model"] = model
-        if item.is_chat:
-            body["messages"] = item.messages
-        else:
-            body["prompt"] = item.prompt
-        body.update(self.options.defaults)
-        body.update(item.params)
-        if self.options.wants_json:
-            # Seeds are explicit in JSON mode so that each retry samples a different answer.
-            seed = item.params.get("seed", self.options.defaults.get("seed", 0))
-            body["seed"] = (seed if isinstance(seed, int) else 0) + schema_retry
-        return body
-
-    def _row(self, item: BatchItem, attempts: int, attempt: Attempt | None, server: Server | None) -> ResultRow:
-        return ResultRow(
-            id=item.id,
-            server=server.url if server else None,
-            attempts=attempts,
-            latency_s=round(attempt.latency, 4) if attempt else None,
-            usage=_usage(attempt.data) if attempt else None,
-            output=attempt.text if attempt else None,
-            meta=item.meta,
+    def _lacks_endpoint(self, attempt: Attempt) -> bool:
+        # piBLOOM answers an unknown model with 404 too, but says so in error.code.
+        return (
+            self.job.missing_endpoint is not None
+            and attempt.kind == "http"
+            and attempt.status in (404, 405)
+            and attempt.code != "model_not_found"
         )
 
-    async def run(self, item: BatchItem) -> ResultRow:
-        path = "/v1/chat/completions" if item.is_chat else "/v1/completions"
-        attempts = retries = schema_retries = 0
+    async def run(self, item: Item) -> Row:
+        attempts = retries = variant = 0
         failed_on: set[str] = set()
         attempt: Attempt | None = None
         server: Server | None = None
@@ -92,31 +64,34 @@ class _ItemRunner:
             try:
                 server = await self.pool.acquire(failed_on)
             except NoServerError as exc:
-                row = self._row(item, attempts, attempt, server)
-                row.error = ErrorInfo(type="no_server", message=str(exc))
+                row = self.job.row(item, attempts, attempt, server)
+                if isinstance(exc, UnsupportedError):
+                    row.error = ErrorInfo(type="unsupported", message=str(exc), status=404)
+                else:
+                    row.error = ErrorInfo(type="no_server", message=str(exc))
                 return row
             try:
                 attempts += 1
-                attempt = await self.pool.request(
-                    server, path, self.body(item, server, schema_retries), chat=item.is_chat
-                )
+                body = self.job.body(item, server, variant)
+                attempt = await self.pool.request(server, self.job.path(item), body, self.job.reader(item))
             finally:
                 self.pool.release(server)
-            row = self._row(item, attempts, attempt, server)
+            row = self.job.row(item, attempts, attempt, server)
             if attempt.kind == "ok":
-                if not self.options.wants_json:
+                problem = self.job.check(row)
+                if problem is None:
                     return row
-                try:
-                    row.parsed = parse_output(attempt.text or "", self.validator)
+                variant += 1
+                if variant > self.job.max_variants:
+                    row.error = ErrorInfo(type="schema", message=problem)
                     return row
-                except OutputError as exc:
-                    schema_retries += 1
-                    if schema_retries > self.options.max_schema_retries:
-                        row.error = ErrorInfo(type="schema", message=str(exc))
-                        return row
-                    continue
-            row.output = None
+                continue
             row.error = ErrorInfo(type=attempt.kind, message=attempt.message, status=attempt.status)
+            if self._lacks_endpoint(attempt):
+                # Not the item's fault: that server gets no more work, the item goes elsewhere. When no
+                # server is left, acquire() raises UnsupportedError, so this cannot loop forever.
+                self.pool.mark_unsupported(server, self.job.missing_endpoint or "")
+                continue
             if not attempt.retryable:
                 return row
             retries += 1
@@ -127,15 +102,16 @@ class _ItemRunner:
 
 
 def _prepare(
-    items: Iterable[BatchItem | Mapping[str, Any]], skip_ids: Collection[ItemId]
-) -> tuple[list[BatchItem], list[BatchItem]]:
-    parsed = unique(parse_item(dict(item) if isinstance(item, Mapping) else item) for item in items)
+    items: Iterable[Item | Mapping[str, Any]], skip_ids: Collection[ItemId], score: bool
+) -> tuple[list[Item], list[Item]]:
+    kind = ScoreItem if score else BatchItem
+    parsed = unique(parse_item(dict(item) if isinstance(item, Mapping) else item, kind) for item in items)
     skip = {id_key(item_id) for item_id in skip_ids}
     return parsed, [item for item in parsed if id_key(item.id) not in skip]
 
 
 async def run_batch(
-    items: Iterable[BatchItem | Mapping[str, Any]],
+    items: Iterable[Item | Mapping[str, Any]],
     servers: Iterable[str],
     options: BatchOptions | None = None,
     *,
@@ -145,16 +121,18 @@ async def run_batch(
 ) -> BatchReport:
     """Run every item (except `skip_ids`) against `servers`; return the results and a summary.
 
-    Items are BatchItem or dicts (`{"id", "prompt" | "messages", ...params}`); servers are base URLs
-    of piBLOOM or any OpenAI-compatible server. `on_result` (sync or async) sees each result as it
-    finishes, e.g. to write it out; results come in completion order.
+    Items are BatchItem or dicts (`{"id", "prompt" | "messages", ...params}`); with `options.score`,
+    ScoreItem or dicts (`{"id", "text", "context"?}`) whose results are ScoreRow. Servers are base URLs
+    of piBLOOM or any OpenAI-compatible server (scoring needs piBLOOM). `on_result` (sync or async)
+    sees each result as it finishes, e.g. to write it out; results come in completion order.
     """
     options = options or BatchOptions()
     urls = list(dict.fromkeys(normalize_url(url) for url in servers))
     if not urls:
         raise ValueError("no servers given")
-    everything, pending = _prepare(items, skip_ids)
+    everything, pending = _prepare(items, skip_ids, options.score)
     validator = make_validator(options.json_schema) if options.json_schema is not None else None
+    job = ScoreJob(options) if options.score else Job(options, validator)
     total = options.concurrency or options.per_server * len(urls)
     own_client = client is None
     if client is None:
@@ -162,13 +140,15 @@ async def run_batch(
         limits = httpx.Limits(max_connections=total + 2 * len(urls), max_keepalive_connections=total + len(urls))
         client = httpx.AsyncClient(limits=limits)
     pool = ServerPool(urls, client, options)
-    runner = _ItemRunner(pool, options, validator)
-    summary = Summary(total=len(everything), skipped=len(everything) - len(pending))
-    results: list[ResultRow] = []
+    runner = _ItemRunner(pool, options, job)
+    summary = Summary(
+        total=len(everything), skipped=len(everything) - len(pending), mode="score" if options.score else "generate"
+    )
+    results: list[Row] = []
     queue = iter(pending)
     started = time.monotonic()
 
-    async def emit(row: ResultRow) -> None:
+    async def emit(row: Row) -> None:
         results.append(row)
         summary.add(row)
         if on_result is not None:

@@ -5,6 +5,9 @@ when it is usable, not paused by a Retry-After, and below its in-flight bound. S
 outstanding work: in-flight count weighted by how slow the server has been (latency EWMA relative to
 the fastest), so a slow server gets proportionally less; round robin is the alternative.
 
+A server that answers 404 on the endpoint a run needs (a generic OpenAI server asked for /v1/score)
+is *unsupported*: it gets no more work in that run.
+
 A connection refused ejects a server at once, other failures after `max_failures` in a row; a health
 check that times out means the machine hangs, and also ejects it. Ejection cancels its in-flight
 requests so they are retried elsewhere instead of waiting out the request timeout. An ejected server
@@ -26,6 +29,8 @@ import httpx
 from .options import BatchOptions
 from .retry import is_retryable_status, parse_retry_after
 
+# Turns a successful answer's JSON into the attempt's value; a ValueError means a malformed answer.
+Reader = Callable[[Any], Any]
 AttemptKind = Literal["ok", "http", "timeout", "connection", "ejected", "bad_response"]
 EWMA_WEIGHT = 0.3
 HEALTH_PATH = "/health/ready"
@@ -34,6 +39,10 @@ MODELS_PATH = "/v1/models"
 
 class NoServerError(RuntimeError):
     """No server has been usable for longer than `wait`."""
+
+
+class UnsupportedError(NoServerError):
+    """Every server lacks the endpoint the run needs."""
 
 
 @dataclass
@@ -57,6 +66,8 @@ class Server:
     failures: int = 0
     eject_streak: int = 0
     latency_ewma: float | None = None
+    # Why it cannot do this run's work at all (e.g. "no /v1/score"); None while it can.
+    unsupported: str | None = None
     # Set to None once the server has shown it has no /health/ready (a generic OpenAI server).
     health_path: str | None = HEALTH_PATH
     inflight: set[asyncio.Future[httpx.Response]] = field(default_factory=set)
@@ -64,7 +75,7 @@ class Server:
 
     @property
     def usable(self) -> bool:
-        return self.ready and not self.ejected
+        return self.ready and not self.ejected and self.unsupported is None
 
 
 @dataclass
@@ -74,9 +85,11 @@ class Attempt:
     kind: AttemptKind
     latency: float
     status: int | None = None
-    text: str | None = None
+    # What the reader made of a successful answer (the output text, a score).
+    value: Any = None
     data: dict[str, Any] | None = None
     message: str = ""
+    code: str | None = None
     retry_after: float | None = None
     # Refused or no TCP handshake: the machine or process is down, not just slow.
     down: bool = False
@@ -90,12 +103,24 @@ class Attempt:
         return True
 
 
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def error_code(response: httpx.Response) -> str | None:
+    """OpenAI's error.code (e.g. model_not_found), if the error body has one."""
+    data = _json(response)
+    error = data.get("error") if isinstance(data, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
 def error_message(response: httpx.Response) -> str:
     """The server's own words for an error: OpenAI's error.message, FastAPI's detail, or the text."""
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
+    data = _json(response)
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and error.get("message"):
@@ -115,6 +140,16 @@ def answer_text(data: Any, chat: bool) -> str | None:
     except (KeyError, IndexError, TypeError):
         return None
     return text if isinstance(text, str) else None
+
+
+def text_reader(chat: bool) -> Reader:
+    def read(data: Any) -> str:
+        text = answer_text(data, chat)
+        if text is None:
+            raise ValueError("answer is not OpenAI-shaped")
+        return text
+
+    return read
 
 
 def first_model(data: Any) -> str | None:
@@ -206,6 +241,9 @@ class ServerPool:
             if server is not None:
                 server.outstanding += 1
                 return server
+            if all(s.unsupported is not None for s in self.servers):
+                reasons = " / ".join(sorted({s.unsupported or "" for s in self.servers}))
+                raise UnsupportedError(f"server has {reasons}: {', '.join(s.url for s in self.servers)}")
             if self._unusable_since is not None and now - self._unusable_since >= self.options.wait:
                 raise NoServerError(f"no server ready for {self.options.wait:g}s: {self.describe()}")
             wake = [self.options.health_interval]
@@ -220,17 +258,26 @@ class ServerPool:
         server.outstanding -= 1
         self._notify()
 
+    def mark_unsupported(self, server: Server, reason: str) -> None:
+        """Give `server` no more work this run: it lacks what the run needs (e.g. "no /v1/score")."""
+        server.unsupported = reason
+        self._update_usability()
+        self._notify()
+
     def describe(self) -> str:
         parts = []
         for server in self.servers:
             state = "ejected" if server.ejected else "ready" if server.ready else "not ready"
+            if server.unsupported is not None:
+                state = server.unsupported
             parts.append(f"{server.url} ({state})")
         return ", ".join(parts)
 
     # --- requests ------------------------------------------------------------------------------
 
-    async def request(self, server: Server, path: str, body: dict[str, Any], *, chat: bool) -> Attempt:
-        """POST one request to `server` and classify the outcome; updates the server's health."""
+    async def request(self, server: Server, path: str, body: dict[str, Any], read: Reader) -> Attempt:
+        """POST one request to `server` and classify the outcome (`read` parses a successful answer);
+        updates the server's health."""
         start = self._clock()
         call = asyncio.ensure_future(
             self._client.post(server.url + path, json=body, headers=self._headers, timeout=self._timeout)
@@ -245,11 +292,11 @@ class ServerPool:
             if not call.done():
                 call.cancel()
         latency = self._clock() - start
-        attempt = self._classify(call, latency, chat, server)
+        attempt = self._classify(call, latency, read, server)
         self._record(server, attempt)
         return attempt
 
-    def _classify(self, call: asyncio.Future[httpx.Response], latency: float, chat: bool, server: Server) -> Attempt:
+    def _classify(self, call: asyncio.Future[httpx.Response], latency: float, read: Reader, server: Server) -> Attempt:
         if call.cancelled():
             return Attempt("ejected", latency, message=f"{server.url} was ejected while the request ran")
         exc = call.exception()
@@ -269,16 +316,15 @@ class ServerPool:
                 latency,
                 status=response.status_code,
                 message=error_message(response),
+                code=error_code(response),
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
+        data = _json(response)
         try:
-            data = response.json()
-        except ValueError:
-            data = None
-        text = answer_text(data, chat)
-        if text is None:
-            return Attempt("bad_response", latency, status=response.status_code, message="answer is not OpenAI-shaped")
-        return Attempt("ok", latency, status=response.status_code, text=text, data=data)
+            value = read(data)
+        except ValueError as exc:
+            return Attempt("bad_response", latency, status=response.status_code, message=str(exc))
+        return Attempt("ok", latency, status=response.status_code, value=value, data=data)
 
     def _record(self, server: Server, attempt: Attempt) -> None:
         now = self._clock()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from .models import ResultRow
+from .models import ResultRow, Row, ScoreRow
 from .servers import Server
 
 
@@ -18,6 +18,7 @@ class ServerSummary:
     errors: int = 0
     ejections: int = 0
     completion_tokens: int = 0
+    scored_tokens: int = 0
     mean_latency_s: float | None = None
 
 
@@ -31,11 +32,13 @@ class Summary:
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    scored_tokens: int = 0
     elapsed_s: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     servers: dict[str, ServerSummary] = field(default_factory=dict)
+    mode: Literal["generate", "score"] = "generate"
 
-    def add(self, row: ResultRow) -> None:
+    def add(self, row: Row) -> None:
         self.attempts += row.attempts
         self.retries += max(row.attempts - 1, 0)
         if row.error is None:
@@ -43,14 +46,18 @@ class Summary:
         else:
             self.failed += 1
             self.errors[row.error.type] = self.errors.get(row.error.type, 0) + 1
-        if row.usage is not None:
+        if isinstance(row, ResultRow) and row.usage is not None:
             self.prompt_tokens += row.usage.prompt_tokens
             self.completion_tokens += row.usage.completion_tokens
+        if isinstance(row, ScoreRow) and row.tokens is not None:
+            self.scored_tokens += row.tokens
         if row.server is not None and row.error is None:
             server = self.servers.setdefault(row.server, ServerSummary(row.server))
             server.items += 1
-            if row.usage is not None:
+            if isinstance(row, ResultRow) and row.usage is not None:
                 server.completion_tokens += row.usage.completion_tokens
+            if isinstance(row, ScoreRow) and row.tokens is not None:
+                server.scored_tokens += row.tokens
 
     def add_servers(self, servers: Iterable[Server]) -> None:
         for server in servers:
@@ -62,8 +69,17 @@ class Summary:
                 entry.mean_latency_s = round(server.stats.latency_total / server.stats.ok, 4)
 
     @property
+    def _tokens_label(self) -> str:
+        return "tokens scored" if self.mode == "score" else "completion tokens"
+
+    @property
+    def tokens(self) -> int:
+        """The tokens that measure the work: generated ones, or scored ones in score mode."""
+        return self.scored_tokens if self.mode == "score" else self.completion_tokens
+
+    @property
     def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return self.tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -76,7 +92,7 @@ class Summary:
         lines = [
             f"done {self.done}, failed {self.failed}, skipped (already done) {self.skipped}, of {self.total}",
             f"attempts {self.attempts}, retries {self.retries}, {self.elapsed_s:.1f}s, "
-            f"{self.completion_tokens} completion tokens ({self.tokens_per_s:.1f} tokens/s)",
+            f"{self.tokens} {self._tokens_label} ({self.tokens_per_s:.1f} tokens/s)",
         ]
         if self.errors:
             lines.append("errors: " + ", ".join(f"{kind} {count}" for kind, count in sorted(self.errors.items())))
@@ -84,6 +100,7 @@ class Summary:
             latency = f"{entry.mean_latency_s:.2f}s" if entry.mean_latency_s is not None else "-"
             lines.append(
                 f"  {entry.url}: items {entry.items}, requests {entry.requests}, errors {entry.errors}, "
-                f"ejected {entry.ejections}x, mean latency {latency}, tokens {entry.completion_tokens}"
+                f"ejected {entry.ejections}x, mean latency {latency}, "
+                f"tokens {entry.scored_tokens if self.mode == 'score' else entry.completion_tokens}"
             )
         return "\n".join(lines)

@@ -8,12 +8,23 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..deps import MetricsKey
 from ..metrics import Metrics
+from ..openapi_errors import Detail
 
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    dependencies=[MetricsKey],
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
+        401: {"description": "API key missing or invalid (with PIBLOOM_METRICS_REQUIRE_KEY)", "model": Detail},
+    },
+)
 async def metrics(request: Request) -> Response:
     registry = request.app.state.runtime.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,193 @@
+"""The peers under test: each one a server process on a free loopback port, started, awaited and stopped.
+
+piBLOOM peers run `pibloom serve` from this same environment (one server for every level);
+`llama-server` is restarted per level, because its slot count (`-np`) must equal the concurrency.
+Each server runs in its own process group so that stopping it also stops its workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+# The bench sends no API key, so a key the user's own server needs must not reach the peers.
+UNSET_FOR_PIBLOOM = ("PIBLOOM_API_KEYS", "PIBLOOM_API_KEYS_FILE")
+PIBLOOM = "pibloom"
+UNBATCHED = "unbatched"
+LLAMA = "llama-server"
+PEERS = (PIBLOOM, UNBATCHED, LLAMA)
+LABELS = {PIBLOOM: "piBLOOM", UNBATCHED: "piBLOOM unbatched", LLAMA: "llama.cpp llama-server"}
+
+
+class ServerStartError(RuntimeError):
+    """A peer exited or did not become ready in time; the message carries its log's tail."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start one server process and how to tell it is ready."""
+
+    argv: list[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    ready_path: str = "/health/ready"
+    unset: tuple[str, ...] = ()  # inherited variables the server must not see
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the container's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def pibloom_launch(port: int, batching: bool) -> Launch:
+    """`pibloom serve` from this environment; other PIBLOOM_* variables pass through, to try settings."""
+    env = {
+        "PIBLOOM_HOST": "127.0.0.1",
+        "PIBLOOM_PORT": str(port),
+        "PIBLOOM_MODEL": "default",
+        "PIBLOOM_BATCHING": "true" if batching else "false",
+        "PIBLOOM_LOG_LEVEL": "warning",
+    }
+    return Launch([sys.executable, "-m", "pibloom.cli", "serve"], env, "/health/ready", UNSET_FOR_PIBLOOM)
+
+
+def llama_launch(binary: Path, gguf: Path, port: int, concurrency: int, max_tokens: int) -> Launch:
+    # llama-server splits its context evenly over the slots: each needs room for prompt + completion.
+    per_slot = max(512, max_tokens + 384)
+    threads = str(cpu_count())
+    argv = [
+        str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+        "-t", threads, "-tb", threads, "-np", str(concurrency), "-c", str(per_slot * concurrency),
+    ]  # fmt: skip
+    return Launch(argv, {}, "/health")
+
+
+def process_tree_rss(pid: int) -> int | None:
+    """Resident bytes of a process and all its descendants (None once it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return None
+    total = 0
+    for proc in members:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += proc.memory_info().rss
+    return total
+
+
+class RssSampler:
+    """Samples a process tree's RSS in a thread and keeps the peak, for the length of a `with` block."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        rss = process_tree_rss(self.pid)
+        if rss is not None and (self.peak is None or rss > self.peak):
+            self.peak = rss
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> RssSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    startup_s: float
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def rss(self) -> int | None:
+        return process_tree_rss(self.pid)
+
+
+def _log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_ready(base_url: str, path: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    """Poll `path` until it answers 200; fail early if the process exits."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=base_url, timeout=5.0) as client:
+        while True:
+            if process.poll() is not None:
+                raise ServerStartError(f"server exited with {process.returncode}:\n{_log_tail(log_path)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(path).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"server not ready after {timeout:.0f} s:\n{_log_tail(log_path)}")
+            time.sleep(0.25)
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    """SIGTERM the server's process group, then SIGKILL it if it outlives `grace` seconds."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
+@contextlib.contextmanager
+def running(launch: Launch, port: int, log_path: Path, ready_timeout: float = 600.0) -> Iterator[RunningServer]:
+    """Start `launch`, wait for readiness, yield it, and always stop it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in launch.unset} | dict(launch.env)
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(launch.argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url, launch.ready_path, process, log_path, ready_timeout)
+        yield RunningServer(base_url, process, log_path, time.monotonic() - started)
+    finally:
+        stop(process)

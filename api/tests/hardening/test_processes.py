@@ -1,0 +1,111 @@
+"""`pibloom serve` (gunicorn) under faults: a worker killed with SIGKILL mid-generation is replaced and
+the service answers again; logs are JSON lines that carry request ids and no prompts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import psutil
+
+from support import free_port, wait_for
+
+PIBLOOM = str(Path(sys.executable).parent / "pibloom")
+MODEL = "tiny-bloom"
+SECRET = "do-not-log-this-prompt-91c2"
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def workers(master: subprocess.Popen[bytes]) -> list[int]:
+    return [child.pid for child in psutil.Process(master.pid).children()]
+
+
+def test_killed_worker_is_replaced_and_service_recovers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = dict(
+        os.environ,
+        PIBLOOM_MODEL=str(tiny_model_dir),
+        PIBLOOM_PORT=str(port),
+        PIBLOOM_DTYPE="float32",
+        PIBLOOM_CACHE_DIR=str(tmp_path),
+        PIBLOOM_GRACEFUL_TIMEOUT="5",
+        PIBLOOM_LOG_JSON="true",
+    )
+    log_path = tmp_path / "serve.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen([PIBLOOM, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: ready(url), timeout=120, what="pibloom serve to be ready")
+        (first,) = workers(proc)
+
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": SECRET}],
+            "max_tokens": 900,
+            "temperature": 0,
+            "stream": True,
+        }
+        events: list[str] = []
+        failures: list[Exception] = []
+        started = threading.Event()
+
+        def consume() -> None:
+            try:
+                with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+                    for line in response.iter_lines():
+                        if line.startswith("data: "):
+                            events.append(line[6:])
+                            started.set()
+            except httpx.HTTPError as exc:
+                failures.append(exc)
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        assert started.wait(60)
+        os.kill(first, signal.SIGKILL)
+        # The client learns at once that the stream broke: no hang, and no [DONE] claiming it finished.
+        reader.join(30)
+        assert not reader.is_alive()
+        assert "[DONE]" not in events
+        assert failures, "a stream cut by a dead worker must end in an error"
+
+        # gunicorn boots a replacement, which loads the model and becomes ready.
+        wait_for(lambda: bool(workers(proc)) and workers(proc) != [first], timeout=60, what="a new worker")
+        wait_for(lambda: ready(url), timeout=120, what="the new worker to be ready")
+        answer = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={**body, "stream": False, "max_tokens": 5},
+            headers={"X-Request-ID": "after-the-crash"},
+            timeout=60,
+        )
+        assert answer.status_code == 200
+        assert answer.json()["usage"]["completion_tokens"] == 5
+        assert answer.headers["x-request-id"] == "after-the-crash"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+    assert SECRET not in text
+    entries = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    access = [e for e in entries if e["logger"] == "pibloom.access" and e.get("request_id") == "after-the-crash"]
+    assert len(access) == 1
+    assert access[0]["http"]["path"] == "/v1/chat/completions" and access[0]["http"]["status"] == 200
+    # uvicorn's own access lines (with query strings, in another format) are replaced by ours.
+    assert '"POST /v1/chat/completions HTTP/1.1"' not in text
