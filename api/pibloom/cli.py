@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -61,7 +62,11 @@ def show_settings(markdown: bool) -> None:
     settings = Settings()
     rows = []
     for name, field in Settings.model_fields.items():
-        default = field.default if field.default_factory is None else "(see description)"
+        default = field.default if field.default_factory is None else field.default_factory()  # type: ignore[call-arg]
+        if isinstance(default, list):
+            default = ",".join(default) or None
+        elif isinstance(default, Path):
+            default = str(default).replace(str(Path.home()), "~", 1)
         rows.append((f"PIBLOOM_{name.upper()}", default, field.description or "", getattr(settings, name)))
     if markdown:
         click.echo("| variable | default | what |\n|---|---|---|")

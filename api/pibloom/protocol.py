@@ -34,7 +34,8 @@ class ChatResponse(BaseModel):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no silent coercion (1 is not a boolean, "5" is not an integer), as the schema says.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class StreamOptions(Strict):

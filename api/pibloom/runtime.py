@@ -219,6 +219,18 @@ class Runtime:
 
     # ------------------------------------------------------------------ running
 
+    def generation_error(self, event: Event) -> APIError:
+        """A failed generation: 503 (retry elsewhere) when the engine itself is gone, else 500."""
+        if self.engine is not None and not self.engine.alive:
+            return APIError(
+                503,
+                event.error or "the inference engine stopped",
+                type="server_error",
+                code="engine_failed",
+                headers={"Retry-After": str(self.settings.retry_after_seconds)},
+            )
+        return APIError(500, event.error or "generation failed", type="server_error", code="generation_failed")
+
     async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Event]:
         _, engine = self.require()
         events = engine.stream(prompt_ids, params)
@@ -250,7 +262,7 @@ class Runtime:
                 prompt_logprobs = event.prompt_logprobs
             if event.finish_reason is not None:
                 if event.finish_reason == "error":
-                    raise APIError(500, event.error or "generation failed", type="server_error")
+                    raise self.generation_error(event)
                 finish = event.finish_reason
         return Result("".join(parts), finish, len(prompt_ids), tokens, logprobs[:tokens], prompt_logprobs)
 
@@ -285,7 +297,7 @@ class Runtime:
             async with gate:
                 async for event in self.stream(ids, params):
                     if event.finish_reason == "error":
-                        raise APIError(500, event.error or "scoring failed", type="server_error")
+                        raise self.generation_error(event)
                     if event.prompt_logprobs is not None:
                         return event.prompt_logprobs
             raise APIError(500, "scoring produced no result", type="server_error")

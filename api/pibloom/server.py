@@ -32,6 +32,8 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
             "preload_app": False,
             # Several servers may share a host (replicas, tests); a shared ~/.gunicorn socket would clash.
             "control_socket_disable": True,
+            # Only these peers may set X-Forwarded-For (the rate limiter and logs key on the client).
+            "forwarded_allow_ips": ",".join(s.trusted_proxies) or "127.0.0.1",
         }
         for key, value in options.items():
             self.cfg.set(key, value)

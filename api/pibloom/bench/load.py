@@ -17,7 +17,7 @@ from typing import Any, Literal
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from .prompts import prompt_for
+from .prompts import PROMPTS, prompt_for
 from .stats import RequestResult
 
 Api = Literal["chat", "completions"]
@@ -31,10 +31,13 @@ class LoadSpec:
     max_tokens: int
     deadline_s: float
     api: Api = "chat"
+    prompts: tuple[str, ...] = PROMPTS
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1 or self.requests < 1 or self.max_tokens < 1 or self.deadline_s <= 0:
+        if min(self.concurrency, self.requests, self.max_tokens) < 1 or self.deadline_s <= 0:
             raise ValueError(f"concurrency, requests, max_tokens and deadline must be positive: {self}")
+        if not self.prompts:
+            raise ValueError("a load needs at least one prompt")
 
 
 def payload(model: str, prompt: str, max_tokens: int, api: Api) -> dict[str, Any]:
@@ -128,7 +131,8 @@ async def run_level(base_url: str, model: str, spec: LoadSpec, timeout_s: float 
                 now = time.monotonic()
                 result = RequestResult(start=now, end=now)
                 results.append(result)
-                await stream_one(client, result, payload(model, prompt_for(index), spec.max_tokens, spec.api), path)
+                body = payload(model, prompt_for(index, spec.prompts), spec.max_tokens, spec.api)
+                await stream_one(client, result, body, path)
 
         tasks = [asyncio.create_task(worker()) for _ in range(spec.concurrency)]
         _, pending = await asyncio.wait(tasks, timeout=max(0.0, stop_at - time.monotonic()))

@@ -26,6 +26,10 @@ PROMPTS: tuple[str, ...] = (
 )
 
 
-def prompt_for(index: int) -> str:
+# Warm-up prompts, unlike the measured ones, so a server's prompt cache gains nothing from the warm-up.
+WARM_PROMPTS: tuple[str, ...] = ("Say hello.", "Name a colour.", "Count to three.", "Name a fruit.")
+
+
+def prompt_for(index: int, prompts: tuple[str, ...] = PROMPTS) -> str:
     """The prompt of request number `index` (the set repeats)."""
-    return PROMPTS[index % len(PROMPTS)]
+    return prompts[index % len(prompts)]

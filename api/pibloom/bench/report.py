@@ -204,7 +204,8 @@ def plot(report: BenchReport, path: Path) -> None:
         axis.grid(True, alpha=0.3)
     axes[1].set_yscale("log")
     axes[2].set_ylim(bottom=0)
-    axes[0].legend()
+    if peers:
+        axes[0].legend()
     max_tokens = report.config.get("max_tokens")
     fig.suptitle(f"piBLOOM bench: {max_tokens} new tokens, greedy, streaming ({report.machine.get('cpu', '')})")
     fig.tight_layout()

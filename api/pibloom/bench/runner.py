@@ -6,7 +6,7 @@ import asyncio
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -14,6 +14,7 @@ import psutil
 from ..settings import Settings
 from .llamacpp import LlamaBuildError, ensure_llama_server
 from .load import Api, LoadSpec, model_id, run_level, warm_up
+from .prompts import WARM_PROMPTS
 from .report import BenchReport, PeerInfo, compute_ratios, compute_targets
 from .servers import (
     LABELS,
@@ -36,6 +37,7 @@ from .stats import LevelStats, summarize
 Echo = Callable[[str], None]
 # Enough requests per level for stable medians, few enough that the default run takes ~10 minutes.
 DEFAULT_REQUESTS = {1: 4, 4: 8, 16: 32, 32: 64}
+WARM_TOKENS = 8
 
 
 def default_requests(concurrency: int) -> int:
@@ -84,6 +86,11 @@ def machine() -> dict[str, object]:
 
 
 def _measure(server: RunningServer, peer: str, model: str, spec: LoadSpec, echo: Echo) -> LevelStats:
+    # Warm the level's batch size first (buffers, kernels, graphs sized by it), unmeasured; the
+    # unbatched server only ever runs one sequence, so one request warms it.
+    requests = 1 if peer == UNBATCHED else spec.concurrency
+    warm = replace(spec, requests=requests, max_tokens=WARM_TOKENS, prompts=WARM_PROMPTS)
+    asyncio.run(run_level(server.base_url, model, warm))
     with RssSampler(server.pid) as rss:
         results = asyncio.run(run_level(server.base_url, model, spec))
     stats = summarize(peer, spec.concurrency, results, rss.peak)

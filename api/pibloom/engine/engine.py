@@ -190,6 +190,13 @@ class Engine:
             self.fatal_error = repr(exc)
             self.metrics.engine_up.set(0)
             log.exception("inference thread died")
+            # Nobody will serve these any more: answer them now instead of letting them hang.
+            with self._cond:
+                waiting, self._waiting = list(self._waiting), collections.deque()
+                self._cond.notify_all()
+            for request in waiting:
+                request.emit(Event(text="", token_ids=[], finish_reason="error", error="the inference engine stopped"))
+            self._fail_all("the inference engine stopped")
             raise
 
     def _drop_cancelled_waiting(self) -> None:

@@ -69,7 +69,8 @@ def _sse(
             while event is not None:
                 generated = event.generated
                 if event.finish_reason == "error":
-                    yield json.dumps(error_body(event.error or "generation failed", "server_error", None))
+                    failure = runtime.generation_error(event)
+                    yield json.dumps(error_body(failure.message, failure.type, failure.code))
                     break
                 usage = None
                 if event.finish_reason is not None and not include_usage:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -40,3 +43,18 @@ def test_bad_options_exit_2(args: list[str], message: str, tmp_path) -> None:
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_an_absent_llama_server_is_reported_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("PIBLOOM_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    args = ["bench", "--peers", "llama-server", "--no-build-llama", "--concurrency", "1", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "llama.cpp llama-server: NOT MEASURED: llama-server is not on PATH nor in" in result.output
+    data = json.loads((out / "bench.json").read_text())
+    assert data["peers"][0]["available"] is False
+    assert data["levels"] == []
+    assert data["config"]["concurrency"] == [1]
+    assert (out / "bench.png").is_file() and (out / "bench.md").is_file()

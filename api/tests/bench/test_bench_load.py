@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from pibloom.bench.load import LoadSpec, chunk_text, model_id, payload, run_level
-from pibloom.bench.prompts import PROMPTS, prompt_for
+from pibloom.bench.prompts import PROMPTS, WARM_PROMPTS, prompt_for
 from pibloom.bench.stats import summarize
 
 
@@ -53,6 +53,10 @@ def test_chunk_text_of_both_shapes() -> None:
 def test_prompts_repeat_in_order() -> None:
     assert prompt_for(0) == PROMPTS[0]
     assert prompt_for(len(PROMPTS) + 1) == PROMPTS[1]
+    assert prompt_for(5, WARM_PROMPTS) == WARM_PROMPTS[1]
+    assert not set(WARM_PROMPTS) & set(PROMPTS)  # warming up must not fill a prompt cache for the real run
+    with pytest.raises(ValueError, match="at least one prompt"):
+        LoadSpec(1, 1, 1, 1.0, prompts=())
 
 
 @pytest.mark.parametrize("bad", [{"concurrency": 0}, {"requests": 0}, {"max_tokens": 0}, {"deadline_s": 0}])
