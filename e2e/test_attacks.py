@@ -6,24 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-]
 HEX32 = re.compile(r"[0-9a-f]{32}")
 REPLY = 'article[aria-label="piBLOOM"]'
 
@@ -85,15 +72,6 @@ def sse(model: str, pieces: list[str]) -> str:
     last = {"index": 0, "delta": {}, "finish_reason": "stop"}
     chunks.append({"id": "chatcmpl-x", "object": "chat.completion.chunk", "model": model, "choices": [last]})
     return "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Chromium missing: run `make system-deps` (Debian package chromium)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def test_hostile_model_output_renders_as_inert_text(browser: Browser, web_server: str, api_server: str) -> None:

@@ -5,23 +5,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-]
 # A generation on the embedded model on a small CPU: generous, but bounded.
 REPLY_TIMEOUT_MS = 120_000
 REPLY = 'article[aria-label="piBLOOM"]'
@@ -36,15 +24,6 @@ RECORD_REPLY_STATES = """() => {
         if (text && states[states.length - 1] !== text) states.push(text);
     }).observe(document.body, { childList: true, subtree: true, characterData: true });
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Chromium missing: run `make system-deps` (Debian package chromium)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
