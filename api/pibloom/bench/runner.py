@@ -29,6 +29,7 @@ from .servers import (
     cpu_count,
     free_port,
     llama_launch,
+    llama_supports,
     pibloom_launch,
     running,
 )
@@ -140,12 +141,13 @@ def _llama_peer(
     from ..engine.loader import fetch_embedded  # imports torch: only when this peer runs
 
     gguf = fetch_embedded(settings)
+    unified = llama_supports(binary, "--kv-unified")
     echo(f"starting {LABELS[LLAMA]} per level ({binary}, {gguf.name})")
     info = PeerInfo(LLAMA, True, note=str(binary))
     levels = []
     for c in config.concurrency:
         port = free_port()
-        launch: Launch = llama_launch(binary, gguf, port, c, config.max_tokens)
+        launch: Launch = llama_launch(binary, gguf, port, c, config.max_tokens, unified_kv=unified)
         log = config.out_dir / "logs" / f"{LLAMA}-c{c}.log"
         try:
             with running(launch, port, log, config.ready_timeout) as server:

@@ -15,6 +15,7 @@ from pibloom.bench.servers import (
     ServerStartError,
     free_port,
     llama_launch,
+    llama_supports,
     pibloom_launch,
     process_tree_rss,
     running,
@@ -61,6 +62,14 @@ def test_a_peer_that_exits_fails_fast_with_its_log(tmp_path: Path) -> None:
         pass
 
 
+def test_a_missing_program_is_a_start_error(tmp_path: Path) -> None:
+    with (
+        pytest.raises(ServerStartError, match=r"cannot run .*no-such-server"),
+        running(Launch([str(tmp_path / "no-such-server")]), free_port(), tmp_path / "x.log", ready_timeout=5),
+    ):
+        pass
+
+
 def test_a_peer_that_never_gets_ready_times_out(tmp_path: Path) -> None:
     launch = Launch([sys.executable, "-c", "import time; print('loading', flush=True); time.sleep(60)"])
     with (
@@ -94,3 +103,14 @@ def test_launch_commands(tmp_path: Path) -> None:
     assert int(args[args.index("-c") + 1]) >= 16 * (128 + 256)  # every slot holds prompt + completion
     assert args[args.index("-m") + 1] == str(tmp_path / "m.gguf")
     assert llama.ready_path == "/health"
+    assert "--kv-unified" not in args
+    assert "--kv-unified" in llama_launch(tmp_path, tmp_path, 1, 1, 1, unified_kv=True).argv
+
+
+def test_llama_supports_reads_the_help(tmp_path: Path) -> None:
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\necho '-kvu, --kv-unified  one KV buffer'\n")
+    fake.chmod(0o755)
+    assert llama_supports(fake, "--kv-unified")
+    assert not llama_supports(fake, "--no-such-flag")
+    assert not llama_supports(tmp_path / "missing", "--kv-unified")
