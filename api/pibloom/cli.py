@@ -80,10 +80,8 @@ def show_settings(markdown: bool) -> None:
 
 def _register_optional() -> None:
     """Commands that live in their own packages."""
-    try:
-        from .client.command import batch_command
-    except ImportError:
-        return
+    from .client.command import batch_command
+
     main.add_command(batch_command, "batch")
     try:  # the bench needs the dev extras (psutil, matplotlib)
         from .bench.command import bench_command

@@ -22,8 +22,9 @@ from pathlib import Path
 import httpx
 import psutil
 
-# The bench sends no API key, so a key the user's own server needs must not reach the peers.
-UNSET_FOR_PIBLOOM = ("PIBLOOM_API_KEYS", "PIBLOOM_API_KEYS_FILE")
+# The bench sends no API key and, from one address, more requests than a per-client limit allows: the
+# user's own keys and rate limit must not reach the peers.
+UNSET_FOR_PIBLOOM = ("PIBLOOM_API_KEYS", "PIBLOOM_API_KEYS_FILE", "PIBLOOM_RATE_LIMIT", "PIBLOOM_RATE_LIMIT_BURST")
 PIBLOOM = "pibloom"
 UNBATCHED = "unbatched"
 LLAMA = "llama-server"
