@@ -79,13 +79,12 @@ class Engine:
         self._waiting: collections.deque[Request] = collections.deque()
         self._prefilling: list[_Sequence] = []
         self._running: list[_Sequence] = []
-        self._cache = SlotCache(self._num_layers(), max(self.max_rows, 2))
+        self._cache = SlotCache(self._num_layers(), self.max_rows)
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.accepting = True
         self.heartbeat = time.monotonic()
         self.fatal_error: str | None = None
-        self._pad_single = loaded.device.type == "cpu" and loaded.dtype == torch.bfloat16
 
     # ---------------------------------------------------------------- asyncio side
 
@@ -365,11 +364,7 @@ class Engine:
         mask = (columns.unsqueeze(0) >= starts.unsqueeze(1)).long()
         positions = (length - starts).unsqueeze(1)
         ids = torch.tensor([[s.next_token] for s in rows], dtype=torch.long, device=device)
-        if len(rows) == 1 and self._pad_single:
-            # bfloat16 matrix-vector products on CPU take a path ~8x slower than two rows do: run a
-            # throwaway second row (a copy; its cache row is free and overwritten on the next join).
-            ids, mask, positions = ids.repeat(2, 1), mask.repeat(2, 1), positions.repeat(2, 1)
-        logits = self._forward(ids, mask, positions, cache)[: len(rows), -1, :]
+        logits = self._forward(ids, mask, positions, cache)[:, -1, :]
         cache.advance(1)
         self.metrics.batch_size.observe(len(rows))
         tokens = sample_batch(
@@ -466,4 +461,4 @@ class Engine:
             self.metrics.finished.labels("error").inc()
         self._running.clear()
         self._prefilling.clear()
-        self._cache = SlotCache(self._num_layers(), max(self.max_rows, 2))
+        self._cache = SlotCache(self._num_layers(), self.max_rows)
