@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import httpx
 import uvicorn
 
 from pibloom.app import create_app
@@ -60,3 +65,41 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+PIBLOOM = str(Path(sys.executable).parent / "pibloom")
+
+
+def http_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def pibloom_serve(model_dir: Path, tmp_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """`pibloom serve` (gunicorn) on `model_dir` as a subprocess, ready; yields (process, url, log path).
+
+    `env` adds PIBLOOM_* settings; the process is killed on the way out if the test left it running.
+    """
+    port = free_port()
+    environ = dict(
+        os.environ,
+        PIBLOOM_MODEL=str(model_dir),
+        PIBLOOM_PORT=str(port),
+        PIBLOOM_DTYPE="float32",
+        PIBLOOM_CACHE_DIR=str(tmp_path),
+        **env,
+    )
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([PIBLOOM, "serve"], env=environ, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(lambda: http_ready(url), timeout=120, what="pibloom serve to be ready")
+            yield proc, url, log_path
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,9 +14,7 @@ from pibloom.cli import main
 from pibloom.runtime import Runtime
 from pibloom.settings import Settings
 
-from support import free_port, wait_for
-
-PIBLOOM = str(Path(sys.executable).parent / "pibloom")
+from support import free_port, pibloom_serve
 
 
 def test_settings_table_documents_every_variable() -> None:
@@ -53,27 +48,7 @@ def test_terminal_chat_reports_an_unreachable_server() -> None:
 
 def test_serve_runs_gunicorn_and_drains_on_sigterm(tiny_model_dir: Path, tmp_path: Path) -> None:
     """`pibloom serve` answers, and SIGTERM lets an in-flight generation finish before exiting."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        PIBLOOM_MODEL=str(tiny_model_dir),
-        PIBLOOM_PORT=str(port),
-        PIBLOOM_DTYPE="float32",
-        PIBLOOM_CACHE_DIR=str(tmp_path),
-        PIBLOOM_GRACEFUL_TIMEOUT="90",
-    )
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen([PIBLOOM, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/health/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(ready, timeout=120, what="pibloom serve to be ready")
+    with pibloom_serve(tiny_model_dir, tmp_path, PIBLOOM_GRACEFUL_TIMEOUT="90") as (proc, url, log_path):
         body = {
             "model": "tiny-bloom",
             "messages": [{"role": "user", "content": "Hello"}],
@@ -103,11 +78,7 @@ def test_serve_runs_gunicorn_and_drains_on_sigterm(tiny_model_dir: Path, tmp_pat
         assert final["usage"]["completion_tokens"] == 600
         assert at_signal < len(chunks) - 2  # the generation really was in flight when SIGTERM came
         assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
-    assert "Booting worker" in (tmp_path / "serve.log").read_text()
+    assert "Booting worker" in log_path.read_text()
 
 
 def test_readme_documents_every_setting() -> None:

@@ -7,25 +7,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import httpx
 import psutil
 
-from support import free_port, wait_for
+from support import http_ready, pibloom_serve, wait_for
 
-PIBLOOM = str(Path(sys.executable).parent / "pibloom")
 MODEL = "tiny-bloom"
 SECRET = "do-not-log-this-prompt-91c2"
-
-
-def ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health/ready", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def workers(master: subprocess.Popen[bytes]) -> list[int]:
@@ -33,22 +24,11 @@ def workers(master: subprocess.Popen[bytes]) -> list[int]:
 
 
 def test_killed_worker_is_replaced_and_service_recovers(tiny_model_dir: Path, tmp_path: Path) -> None:
-    port = free_port()
-    env = dict(
-        os.environ,
-        PIBLOOM_MODEL=str(tiny_model_dir),
-        PIBLOOM_PORT=str(port),
-        PIBLOOM_DTYPE="float32",
-        PIBLOOM_CACHE_DIR=str(tmp_path),
-        PIBLOOM_GRACEFUL_TIMEOUT="5",
-        PIBLOOM_LOG_JSON="true",
-    )
-    log_path = tmp_path / "serve.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen([PIBLOOM, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: ready(url), timeout=120, what="pibloom serve to be ready")
+    with pibloom_serve(tiny_model_dir, tmp_path, PIBLOOM_GRACEFUL_TIMEOUT="5", PIBLOOM_LOG_JSON="true") as (
+        proc,
+        url,
+        log_path,
+    ):
         (first,) = workers(proc)
 
         body = {
@@ -84,7 +64,7 @@ def test_killed_worker_is_replaced_and_service_recovers(tiny_model_dir: Path, tm
 
         # gunicorn boots a replacement, which loads the model and becomes ready.
         wait_for(lambda: bool(workers(proc)) and workers(proc) != [first], timeout=60, what="a new worker")
-        wait_for(lambda: ready(url), timeout=120, what="the new worker to be ready")
+        wait_for(lambda: http_ready(url), timeout=120, what="the new worker to be ready")
         answer = httpx.post(
             f"{url}/v1/chat/completions",
             json={**body, "stream": False, "max_tokens": 5},
@@ -96,10 +76,6 @@ def test_killed_worker_is_replaced_and_service_recovers(tiny_model_dir: Path, tm
         assert answer.headers["x-request-id"] == "after-the-crash"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
 
     text = log_path.read_text(encoding="utf-8", errors="replace")
     assert SECRET not in text
