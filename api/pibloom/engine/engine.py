@@ -83,7 +83,6 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.accepting = True
-        self.heartbeat = time.monotonic()
         self.fatal_error: str | None = None
 
     # ---------------------------------------------------------------- asyncio side
@@ -172,14 +171,12 @@ class Engine:
                 while True:
                     with self._cond:
                         while not (self._waiting or self._prefilling or self._running or self._stopping):
-                            self.heartbeat = time.monotonic()
                             self._cond.notify_all()  # wakes `wait_idle`
                             self._cond.wait(timeout=1.0)
                         if self._stopping and not (self._waiting or self._prefilling or self._running):
                             return
                         self._drop_cancelled_waiting()
                         self._admit()
-                    self.heartbeat = time.monotonic()
                     try:
                         self._iteration()
                     except Exception as exc:  # a bad batch must not take the thread down

@@ -76,10 +76,6 @@ class SlotCache(Cache):
         super().__init__(layers=[SlotLayer(self.state, max_rows) for _ in range(num_layers)])
 
     @property
-    def rows(self) -> int:
-        return self.state.rows
-
-    @property
     def length(self) -> int:
         return self.state.length
 
