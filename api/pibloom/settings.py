@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         256, ge=16, description="Prompt tokens processed per step, so a long prompt does not stall streams."
     )
     batching: bool = Field(True, description="Continuous batching; off serves one request at a time.")
+    lean_forward: bool = Field(
+        True,
+        description="piBLOOM's own forward pass for Llama-family models (Llama, SmolLM, Mistral, Qwen2): "
+        "same results, a fraction of transformers' per-step overhead. Other models always use transformers'.",
+    )
     retry_after_seconds: int = Field(2, ge=1, description="`Retry-After` sent with 503 when overloaded.")
 
     # --- server ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pibloom.runtime import Runtime
 from pibloom.settings import Settings
 
 from support import ServerFactory, running_server
-from tiny_model import build_tiny_bloom
+from tiny_model import build_tiny_bloom, build_tiny_llama
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +41,18 @@ def tiny_settings(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_settings: Settings) -> LoadedModel:
     return load_model(tiny_settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_settings(tiny_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The embedded model's architecture in miniature: served by piBLOOM's lean forward pass."""
+    folder = build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+    return tiny_settings.model_copy(update={"model": str(folder)})
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_settings: Settings) -> LoadedModel:
+    return load_model(tiny_llama_settings)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The engine on the tiny BLOOM: batching must not change results, and slots must be freed."""
+"""The engine on tiny BLOOM and Llama models: batching must not change results, and slots must be freed."""
 
 from __future__ import annotations
 
@@ -23,9 +23,17 @@ PROMPTS = [
 ]
 
 
+@pytest.fixture(params=["bloom", "llama"])
+def model(request: pytest.FixtureRequest) -> LoadedModel:
+    """Every engine test runs on transformers' forward (BLOOM) and on piBLOOM's lean pass (Llama)."""
+    loaded: LoadedModel = request.getfixturevalue("tiny_loaded" if request.param == "bloom" else "tiny_llama")
+    assert (loaded.lean_forward is not None) == (request.param == "llama")
+    return loaded
+
+
 @pytest.fixture
-def engine(tiny_loaded: LoadedModel) -> Iterator[Engine]:
-    eng = Engine(tiny_loaded, max_batch_size=8, max_queue=8, prefill_chunk=16)
+def engine(model: LoadedModel) -> Iterator[Engine]:
+    eng = Engine(model, max_batch_size=8, max_queue=8, prefill_chunk=16)
     eng.start()
     yield eng
     eng.shutdown(10)
@@ -62,25 +70,25 @@ def reference(loaded: LoadedModel, prompt: list[int], n: int) -> list[int]:
     return out[0, len(prompt) :].tolist()
 
 
-async def test_greedy_matches_transformers_generate(engine: Engine, tiny_loaded: LoadedModel) -> None:
+async def test_greedy_matches_transformers_generate(engine: Engine, model: LoadedModel) -> None:
     for text in PROMPTS[:3]:
-        prompt = ids(tiny_loaded, text)
+        prompt = ids(model, text)
         tokens, _, reason = await run(engine, prompt, greedy(20))
-        assert tokens == reference(tiny_loaded, prompt, 20)
+        assert tokens == reference(model, prompt, 20)
         assert reason == "length"
 
 
-async def test_greedy_output_is_the_same_alone_and_in_a_batch(engine: Engine, tiny_loaded: LoadedModel) -> None:
-    prompts = [ids(tiny_loaded, p) for p in PROMPTS]
+async def test_greedy_output_is_the_same_alone_and_in_a_batch(engine: Engine, model: LoadedModel) -> None:
+    prompts = [ids(model, p) for p in PROMPTS]
     alone = [await run(engine, p, greedy(24 + 3 * i)) for i, p in enumerate(prompts)]
     together = await asyncio.gather(*(run(engine, p, greedy(24 + 3 * i)) for i, p in enumerate(prompts)))
     assert [t[0] for t in together] == [a[0] for a in alone]
     assert [t[1] for t in together] == [a[1] for a in alone]
 
 
-async def test_requests_join_and_leave_a_running_batch(engine: Engine, tiny_loaded: LoadedModel) -> None:
+async def test_requests_join_and_leave_a_running_batch(engine: Engine, model: LoadedModel) -> None:
     """Late arrivals join mid-generation (and are longer or shorter than the rows already running)."""
-    prompts = [ids(tiny_loaded, p) for p in PROMPTS]
+    prompts = [ids(model, p) for p in PROMPTS]
     alone = [(await run(engine, p, greedy(40)))[0] for p in prompts]
     started = asyncio.Event()
     results: dict[int, list[int]] = {}
@@ -101,17 +109,17 @@ async def test_requests_join_and_leave_a_running_batch(engine: Engine, tiny_load
     assert [results[i] for i in range(len(prompts))] == alone
 
 
-async def test_batch_with_many_joins_stays_consistent(engine: Engine, tiny_loaded: LoadedModel) -> None:
+async def test_batch_with_many_joins_stays_consistent(engine: Engine, model: LoadedModel) -> None:
     """More requests than slots: queueing, joining, compaction and row moves all exercised."""
-    prompts = [ids(tiny_loaded, PROMPTS[i % len(PROMPTS)]) for i in range(14)]
+    prompts = [ids(model, PROMPTS[i % len(PROMPTS)]) for i in range(14)]
     lengths = [5 + (i * 7) % 30 for i in range(14)]
-    expected = [reference(tiny_loaded, p, n) for p, n in zip(prompts, lengths, strict=True)]
+    expected = [reference(model, p, n) for p, n in zip(prompts, lengths, strict=True)]
     got = await asyncio.gather(*(run(engine, p, greedy(n)) for p, n in zip(prompts, lengths, strict=True)))
     assert [g[0] for g in got] == expected
 
 
-async def test_same_seed_same_output_and_different_seed_differs(engine: Engine, tiny_loaded: LoadedModel) -> None:
-    prompt = ids(tiny_loaded, "Hello")
+async def test_same_seed_same_output_and_different_seed_differs(engine: Engine, model: LoadedModel) -> None:
+    prompt = ids(model, "Hello")
     params = {"max_tokens": 30, "temperature": 1.0, "ignore_eos": True}
     a = await run(engine, prompt, SamplingParams(seed=7, **params))  # type: ignore[arg-type]
     b = await run(engine, prompt, SamplingParams(seed=7, **params))  # type: ignore[arg-type]
@@ -120,8 +128,8 @@ async def test_same_seed_same_output_and_different_seed_differs(engine: Engine, 
     assert a[0] != c[0]
 
 
-async def test_sampling_parameters_take_effect(engine: Engine, tiny_loaded: LoadedModel) -> None:
-    prompt = ids(tiny_loaded, "The quick brown fox")
+async def test_sampling_parameters_take_effect(engine: Engine, model: LoadedModel) -> None:
+    prompt = ids(model, "The quick brown fox")
     plain = (await run(engine, prompt, greedy(30)))[0]
     top_k_one = await run(engine, prompt, SamplingParams(max_tokens=30, top_k=1, seed=3, ignore_eos=True))
     assert top_k_one[0] == plain  # top_k=1 is greedy whatever the temperature
@@ -136,8 +144,8 @@ async def test_sampling_parameters_take_effect(engine: Engine, tiny_loaded: Load
     assert all(n == plain[:12] for n in narrow)  # a tiny nucleus keeps only the top token
 
 
-async def test_stop_string_truncates_and_finishes(engine: Engine, tiny_loaded: LoadedModel) -> None:
-    prompt = ids(tiny_loaded, "Hello")
+async def test_stop_string_truncates_and_finishes(engine: Engine, model: LoadedModel) -> None:
+    prompt = ids(model, "Hello")
     _, full, _ = await run(engine, prompt, greedy(40))
     visible = full.strip()
     assert len(visible) > 8
@@ -149,14 +157,14 @@ async def test_stop_string_truncates_and_finishes(engine: Engine, tiny_loaded: L
     assert stop not in text
 
 
-async def test_max_tokens_and_eos(engine: Engine, tiny_loaded: LoadedModel) -> None:
-    prompt = ids(tiny_loaded, "Hello")
+async def test_max_tokens_and_eos(engine: Engine, model: LoadedModel) -> None:
+    prompt = ids(model, "Hello")
     tokens, _, reason = await run(engine, prompt, greedy(7))
     assert (len(tokens), reason) == (7, "length")
 
 
-async def test_disconnected_request_is_cancelled_and_its_slot_freed(engine: Engine, tiny_loaded: LoadedModel) -> None:
-    prompt = ids(tiny_loaded, "Hello")
+async def test_disconnected_request_is_cancelled_and_its_slot_freed(engine: Engine, model: LoadedModel) -> None:
+    prompt = ids(model, "Hello")
     stream: AsyncIterator[Event] = engine.stream(prompt, greedy(10_000))
     for _ in range(3):
         await anext(stream)
@@ -167,14 +175,14 @@ async def test_disconnected_request_is_cancelled_and_its_slot_freed(engine: Engi
     assert cancelled == 1
     # The engine serves normally afterwards.
     tokens, _, _ = await run(engine, prompt, greedy(5))
-    assert tokens == reference(tiny_loaded, prompt, 5)
+    assert tokens == reference(model, prompt, 5)
 
 
-async def test_bounded_queue_rejects_at_once(tiny_loaded: LoadedModel) -> None:
-    engine = Engine(tiny_loaded, max_batch_size=1, max_queue=1)
+async def test_bounded_queue_rejects_at_once(model: LoadedModel) -> None:
+    engine = Engine(model, max_batch_size=1, max_queue=1)
     engine.start()
     try:
-        prompt = ids(tiny_loaded, "Hello")
+        prompt = ids(model, "Hello")
         running = engine.stream(prompt, greedy(10_000))
         await anext(running)  # occupies the only slot
         waiting = asyncio.ensure_future(run(engine, prompt, greedy(3)))
@@ -188,13 +196,13 @@ async def test_bounded_queue_rejects_at_once(tiny_loaded: LoadedModel) -> None:
         engine.shutdown(10)
 
 
-async def test_unbatched_engine_serves_one_at_a_time(tiny_loaded: LoadedModel) -> None:
-    engine = Engine(tiny_loaded, max_batch_size=8, batching=False)
+async def test_unbatched_engine_serves_one_at_a_time(model: LoadedModel) -> None:
+    engine = Engine(model, max_batch_size=8, batching=False)
     engine.start()
     try:
-        prompts = [ids(tiny_loaded, p) for p in PROMPTS[:3]]
+        prompts = [ids(model, p) for p in PROMPTS[:3]]
         got = await asyncio.gather(*(run(engine, p, greedy(10)) for p in prompts))
-        assert [g[0] for g in got] == [reference(tiny_loaded, p, 10) for p in prompts]
+        assert [g[0] for g in got] == [reference(model, p, 10) for p in prompts]
         registry = engine.metrics.registry
         steps = registry.get_sample_value("pibloom_batch_size_count")
         assert steps and registry.get_sample_value("pibloom_batch_size_sum") == steps  # every step had 1 row

@@ -1,4 +1,4 @@
-"""A tiny random-weight BLOOM and a tokenizer trained at test time, saved as a normal HF folder."""
+"""Tiny random-weight BLOOM and Llama models with a tokenizer trained at test time, saved as HF folders."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ CORPUS = [
 ]
 
 
-def build_tiny_bloom(folder: Path, *, layers: int = 2, hidden: int = 64, heads: int = 4) -> Path:
-    import torch
+def _tokenizer(folder: Path):  # type: ignore[no-untyped-def]
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import BloomConfig, BloomForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -33,6 +32,26 @@ def build_tiny_bloom(folder: Path, *, layers: int = 2, hidden: int = 64, heads: 
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     folder.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(folder)
+    return fast
+
+
+def _save(model, folder: Path, eos_token_id: int) -> Path:  # type: ignore[no-untyped-def]
+    import torch
+
+    # Random init is near-uniform; a larger output projection separates greedy choices clearly.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)
+        # A constant zero logit for end-of-sequence: rarely the maximum, so outputs run their length.
+        model.lm_head.weight[eos_token_id].zero_()
+    model.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_bloom(folder: Path, *, layers: int = 2, hidden: int = 64, heads: int = 4) -> Path:
+    import torch
+    from transformers import BloomConfig, BloomForCausalLM
+
+    fast = _tokenizer(folder)
     torch.manual_seed(0)
     config = BloomConfig(
         vocab_size=len(fast),
@@ -45,11 +64,27 @@ def build_tiny_bloom(folder: Path, *, layers: int = 2, hidden: int = 64, heads: 
         seq_length=1024,
         tie_word_embeddings=False,  # tied random weights make the model echo its input
     )
-    model = BloomForCausalLM(config)
-    # Random init is near-uniform; a larger output projection separates greedy choices clearly.
-    with torch.no_grad():
-        model.lm_head.weight.mul_(10)
-        # A constant zero logit for end-of-sequence: rarely the maximum, so outputs run their length.
-        model.lm_head.weight[fast.eos_token_id].zero_()
-    model.save_pretrained(folder)
-    return folder
+    return _save(BloomForCausalLM(config), folder, fast.eos_token_id)
+
+
+def build_tiny_llama(folder: Path) -> Path:
+    """The embedded model's architecture in miniature, with grouped-query attention (4 heads, 2 kv)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fast = _tokenizer(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    return _save(LlamaForCausalLM(config), folder, fast.eos_token_id)

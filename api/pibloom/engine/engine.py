@@ -242,6 +242,8 @@ class Engine:
         self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, keep: int = 1
     ) -> torch.Tensor:
         """Logits of the last `keep` positions (0: all), shape [rows, positions, vocab]."""
+        if self.loaded.lean_forward is not None:
+            return self.loaded.lean_forward(input_ids, mask, positions, cache, keep)
         kwargs: dict[str, Any] = {"attention_mask": mask, "past_key_values": cache, "use_cache": True}
         if self.loaded.accepts_position_ids:
             kwargs["position_ids"] = positions

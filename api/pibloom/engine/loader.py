@@ -14,6 +14,7 @@ import logging
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from ..settings import DEFAULT_MODEL, Settings
+from . import llama_forward
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ class LoadedModel:
     accepts_position_ids: bool
     pad_token_id: int = 0
     bos_token_id: int | None = None
+    # piBLOOM's own forward pass when it covers the model (`llama_forward`), else None: transformers'.
+    lean_forward: Callable[..., torch.Tensor] | None = None
 
 
 def cache_root(settings: Settings) -> Path:
@@ -237,6 +241,13 @@ def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings) ->
     )
     max_context = min(model_limit, settings.max_context) if settings.max_context else model_limit
     accepts_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+    lean = None
+    if settings.lean_forward:
+        why_not = llama_forward.supports(model)
+        if why_not is None:
+            lean = llama_forward.LlamaForward(model)
+        else:
+            log.info("using transformers' forward pass: the lean pass does not cover %s", why_not)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -249,6 +260,7 @@ def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings) ->
         accepts_position_ids=accepts_position_ids,
         pad_token_id=int(tokenizer.pad_token_id),
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
+        lean_forward=lean,
     )
 
 
