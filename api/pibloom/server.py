@@ -50,5 +50,6 @@ def serve(settings: Settings) -> None:
     # OpenMP threads that spin while waiting collapse throughput ~8x as soon as anything else wants a
     # core (nginx, node, a second replica on a Pi); passive waiting costs little when the host is idle.
     # Set before the workers import torch; an explicit OMP_WAIT_POLICY in the environment wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "GOMP_SPINCOUNT" not in os.environ:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     GunicornServer(settings).run()

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="`auto`: bfloat16 where the CPU/GPU supports it, else float32."
     )
+    quantize: Literal["auto", "none", "int4"] = Field(
+        "auto",
+        description="`int4`: 4-bit weights (groups of 32, CPU only): faster for a few streams, slower for many. "
+        "`auto`: int4 for a GGUF whose weights are already 4-bit (the embedded Q4_1 model: its own values, "
+        "nothing lost) when `PIBLOOM_MAX_BATCH_SIZE` <= 8; `none` otherwise.",
+    )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores).")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: safer).")
 

@@ -25,6 +25,9 @@ import psutil
 # The bench sends no API key and, from one address, more requests than a per-client limit allows: the
 # user's own keys and rate limit must not reach the peers.
 UNSET_FOR_PIBLOOM = ("PIBLOOM_API_KEYS", "PIBLOOM_API_KEYS_FILE", "PIBLOOM_RATE_LIMIT", "PIBLOOM_RATE_LIMIT_BURST")
+# llama-server is built with OpenMP; a passive wait policy meant for piBLOOM's test stack (the Makefile
+# exports one) cut it from ~99 to ~40 tok/s for a single stream here. The peer runs with its defaults.
+UNSET_FOR_LLAMA = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
 PIBLOOM = "pibloom"
 UNBATCHED = "unbatched"
 LLAMA = "llama-server"
@@ -95,7 +98,7 @@ def llama_launch(
         # One KV buffer shared by all slots: on CPU, per-slot buffers made 16 streams ~6x slower
         # (20 vs 133 tok/s measured here), which would flatter piBLOOM.
         argv.append("--kv-unified")
-    return Launch(argv, {}, "/health")
+    return Launch(argv, {}, "/health", UNSET_FOR_LLAMA)
 
 
 def process_tree_rss(pid: int) -> int | None:

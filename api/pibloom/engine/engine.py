@@ -13,7 +13,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,9 +92,19 @@ class Engine:
         return int(getattr(config, "num_hidden_layers", None) or config.n_layer)
 
     def start(self) -> None:
+        """Run the engine on a new thread."""
         self._thread = threading.Thread(target=self._run, name="pibloom-engine", daemon=True)
-        self._thread.start()
         self.metrics.engine_up.set(1)
+        self._thread.start()
+
+    def run(self, started: Callable[[], None] | None = None) -> None:
+        """Run the engine on the calling thread (the one that loaded the model) until shut down;
+        `started` is called once the engine is alive, before it takes work."""
+        self._thread = threading.current_thread()
+        self.metrics.engine_up.set(1)
+        if started is not None:
+            started()
+        self._run()
 
     @property
     def alive(self) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..settings import DEFAULT_MODEL, Settings
-from . import llama_forward
+from . import llama_forward, quantize
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class LoadedModel:
     bos_token_id: int | None = None
     # piBLOOM's own forward pass when it covers the model (`llama_forward`), else None: transformers'.
     lean_forward: Callable[..., torch.Tensor] | None = None
+    int4: bool = False  # linear layers hold 4-bit weights (`quantize`)
 
 
 def cache_root(settings: Settings) -> Path:
@@ -216,10 +217,43 @@ def load_model(settings: Settings) -> LoadedModel:
         raise ModelLoadError(f"cannot load model {source.location!r}: {exc}{hint}") from exc
     model.to(device)
     model.eval()
-    return finish_loading(model, tokenizer, source.name, settings)
+    return finish_loading(model, tokenizer, source.name, settings, int4=wants_int4(settings, source, device))
 
 
-def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings) -> LoadedModel:
+# GGUF tensor types whose values are 4-bit levels with a scale and offset per 32 weights: re-quantising
+# their de-quantised weights in groups of 32 gives the same levels back.
+_FOUR_BIT_GGUF = frozenset({"Q4_0", "Q4_1", "Q4_K"})
+# Past this many rows a step, bfloat16 matmuls beat the int4 kernel on this kind of CPU (measured).
+_INT4_MAX_ROWS = 8
+
+
+def gguf_is_four_bit(path: Path) -> bool:
+    """Whether every weight matrix of the GGUF's layers is stored in a 4-bit type."""
+    from gguf import GGUFReader
+
+    types = {
+        t.tensor_type.name for t in GGUFReader(str(path)).tensors if t.name.startswith("blk.") and len(t.shape) == 2
+    }
+    return bool(types) and types <= _FOUR_BIT_GGUF
+
+
+def wants_int4(settings: Settings, source: ModelSource, device: torch.device) -> bool:
+    if settings.quantize == "none":
+        return False
+    if not quantize.supported(device):
+        if settings.quantize == "int4":
+            raise ModelLoadError(f"PIBLOOM_QUANTIZE=int4 needs the CPU (the model is on {device})")
+        return False
+    if settings.quantize == "int4":
+        return True
+    return (
+        source.gguf_file is not None
+        and settings.max_batch_size <= _INT4_MAX_ROWS
+        and gguf_is_four_bit(Path(source.location) / source.gguf_file)
+    )
+
+
+def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings, *, int4: bool = False) -> LoadedModel:
     extra_stop: tuple[str, ...] = ()
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
@@ -242,12 +276,13 @@ def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings) ->
     max_context = min(model_limit, settings.max_context) if settings.max_context else model_limit
     accepts_position_ids = "position_ids" in inspect.signature(model.forward).parameters
     lean = None
-    if settings.lean_forward:
-        why_not = llama_forward.supports(model)
-        if why_not is None:
-            lean = llama_forward.LlamaForward(model)
-        else:
-            log.info("using transformers' forward pass: the lean pass does not cover %s", why_not)
+    why_not = llama_forward.supports(model) if settings.lean_forward else "PIBLOOM_LEAN_FORWARD=false"
+    if why_not is None:
+        lean = llama_forward.LlamaForward(model, int4=int4)
+    else:
+        log.info("using transformers' forward pass: the lean pass does not cover %s", why_not)
+        if int4:
+            quantize.quantize_linears(model)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -261,6 +296,7 @@ def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings) ->
         pad_token_id=int(tokenizer.pad_token_id),
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
         lean_forward=lean,
+        int4=int4,
     )
 
 

@@ -26,7 +26,7 @@ def supported(device: torch.device) -> bool:
 
 def quantize_int4(weight: torch.Tensor, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor]:
     """Round each group of `group` weights in a row to 16 levels between its minimum and maximum.
-    Returns the packed weight and the [in/group, out, 2] scales-and-zeros the kernel takes."""
+    Returns the levels ([out, in] int32, 0..15) and the [in/group, out, 2] scales-and-zeros."""
     rows, columns = weight.shape
     w = weight.detach().float().reshape(rows, columns // group, group)
     low = w.amin(dim=-1, keepdim=True)
@@ -35,7 +35,11 @@ def quantize_int4(weight: torch.Tensor, group: int = GROUP) -> tuple[torch.Tenso
     levels = ((w - low) / scale).round().clamp(0, 15).to(torch.int32).reshape(rows, columns)
     zero = low + 8 * scale  # the kernel centres levels on 8: w = (q - 8) * scale + zero
     scales_zeros = torch.cat([scale, zero], dim=-1).permute(1, 0, 2).contiguous()
-    return torch._convert_weight_to_int4pack_for_cpu(levels, 1), scales_zeros
+    return levels, scales_zeros.to(weight.dtype)
+
+
+def pack(levels: torch.Tensor) -> torch.Tensor:
+    return torch._convert_weight_to_int4pack_for_cpu(levels, 1)
 
 
 class Int4Linear(nn.Module):
@@ -53,22 +57,9 @@ class Int4Linear(nn.Module):
         self.in_features = scales_zeros.shape[0] * group
 
     @classmethod
-    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, group: int = GROUP) -> Int4Linear:
-        packed, scales_zeros = quantize_int4(weight, group)
-        return cls(packed, scales_zeros.to(weight.dtype), bias, group)
-
-    def rows(self, start: int, stop: int) -> Int4Linear:
-        """Output rows [start, stop) as a layer of their own, sharing the packed weight where the
-        packing allows it (row blocks of 64), else re-packed from the same values."""
-        bias = None if self.bias is None else self.bias[start:stop]
-        scales_zeros = self.scales_zeros[:, start:stop].contiguous()
-        if start % _ROW_BLOCK == 0 and (stop % _ROW_BLOCK == 0 or stop == self.out_features):
-            return Int4Linear(self.packed[start:stop], scales_zeros, bias, self.group)
-        return Int4Linear.from_weight(self.dequantize()[start:stop], bias, self.group)
-
-    def dequantize(self) -> torch.Tensor:
-        eye = torch.eye(self.in_features, dtype=self.scales_zeros.dtype, device=self.packed.device)
-        return torch._weight_int4pack_mm_for_cpu(eye, self.packed, self.group, self.scales_zeros).t()
+    def from_linear(cls, linear: nn.Linear) -> Int4Linear:
+        levels, scales_zeros = quantize_int4(linear.weight)
+        return cls(pack(levels), scales_zeros, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
@@ -78,20 +69,41 @@ class Int4Linear(nn.Module):
         return out.view(*x.shape[:-1], self.out_features)
 
 
-def quantizable(linear: nn.Linear, group: int = GROUP) -> bool:
+def quantizable(linear: nn.Module, group: int = GROUP) -> bool:
     """The kernel needs whole groups of input columns and whole row blocks of outputs."""
-    return linear.in_features % group == 0 and linear.out_features % 16 == 0
+    return isinstance(linear, nn.Linear) and linear.in_features % group == 0 and linear.out_features % 16 == 0
 
 
 def fuse_quantized(
     modules: list[nn.Linear], owner_attrs: list[tuple[nn.Module, str]], bias: torch.Tensor | None
 ) -> Int4Linear:
     """Quantise the concatenation of `modules` (one matmul for all of them; `bias` is theirs, fused)
-    and put views of it in their places, so the model's own forward runs the very same 4-bit weights."""
-    weight = torch.cat([m.weight.detach() for m in modules], dim=0)
-    fused = Int4Linear.from_weight(weight, bias)
-    offset = 0
+    and put layers over the same 4-bit values in their places, so the model's own forward computes
+    exactly what the fused matmul does. Their packed weights are views of the fused one where the
+    packing allows (blocks of 64 rows), else packed from the same levels."""
+    levels, scales_zeros = quantize_int4(torch.cat([m.weight.detach() for m in modules], dim=0))
+    fused = Int4Linear(pack(levels), scales_zeros, bias)
+    start = 0
     for module, (owner, attr) in zip(modules, owner_attrs, strict=True):
-        setattr(owner, attr, fused.rows(offset, offset + module.out_features))
-        offset += module.out_features
+        stop = start + module.out_features
+        aligned = start % _ROW_BLOCK == 0 and (stop % _ROW_BLOCK == 0 or stop == fused.out_features)
+        packed = fused.packed[start:stop] if aligned else pack(levels[start:stop])
+        part_bias = None if bias is None else bias[start:stop]
+        setattr(owner, attr, Int4Linear(packed, scales_zeros[:, start:stop].contiguous(), part_bias))
+        start = stop
     return fused
+
+
+def quantize_linears(model: nn.Module) -> int:
+    """Replace the model's linear layers (not the output projection) by 4-bit ones, for models that
+    run through transformers' own forward. Returns how many were replaced."""
+    skip = model.get_output_embeddings()
+    targets = [
+        (owner, name, child)
+        for owner in model.modules()
+        for name, child in owner.named_children()
+        if child is not skip and quantizable(child)
+    ]
+    for owner, name, child in targets:
+        setattr(owner, name, Int4Linear.from_linear(child))
+    return len(targets)

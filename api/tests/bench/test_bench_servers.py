@@ -103,6 +103,7 @@ def test_launch_commands(tmp_path: Path) -> None:
     assert int(args[args.index("-c") + 1]) >= 16 * (128 + 256)  # every slot holds prompt + completion
     assert args[args.index("-m") + 1] == str(tmp_path / "m.gguf")
     assert llama.ready_path == "/health"
+    assert "OMP_WAIT_POLICY" in llama.unset  # the peer runs with its own threading defaults
     assert "--kv-unified" not in args
     assert "--kv-unified" in llama_launch(tmp_path, tmp_path, 1, 1, 1, unified_kv=True).argv
 
