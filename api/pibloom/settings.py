@@ -54,13 +54,19 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="`auto`: bfloat16 where the CPU/GPU supports it, else float32."
     )
-    quantize: Literal["auto", "none", "int4"] = Field(
-        "auto",
-        description="`int4`: 4-bit weights (groups of 32, CPU only): faster for a few streams, slower for many. "
-        "`auto`: int4 for a GGUF whose weights are already 4-bit (the embedded Q4_1 model: its own values, "
-        "nothing lost) when `PIBLOOM_MAX_BATCH_SIZE` <= 8; `none` otherwise.",
+    quantize: Literal["none", "int4"] = Field(
+        "none",
+        description="`int4`: 4-bit weights in groups of 32 (CPU only): a third of the memory traffic, so ~1.5x "
+        "faster for up to ~8 streams, even at 16, slower at 32, and a little less faithful than bfloat16 "
+        "(see the README's performance notes).",
     )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores).")
+    omp_spin: bool = Field(
+        False,
+        description="Let torch's OpenMP threads spin briefly between operations (`GOMP_SPINCOUNT=10000`) "
+        "instead of sleeping: ~1.3-1.5x faster on a host that runs nothing else, several times slower while "
+        "another process keeps a core busy. Off: passive waiting, which contention barely slows.",
+    )
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off: safer).")
 
     # --- engine ------------------------------------------------------------------------------

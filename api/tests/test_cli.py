@@ -85,3 +85,17 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     missing = [f"PIBLOOM_{name.upper()}" for name in Settings.model_fields if f"`PIBLOOM_{name.upper()}`" not in readme]
     assert not missing, f"README.md's configuration table lacks {missing}; run `pibloom settings --markdown`"
+
+
+def test_openmp_threads_wait_passively_unless_spinning_is_asked_for() -> None:
+    from pibloom.server import openmp_wait
+
+    environ: dict[str, str] = {}
+    openmp_wait(Settings(), environ)
+    assert environ == {"OMP_WAIT_POLICY": "PASSIVE"}
+    own = {"GOMP_SPINCOUNT": "500"}  # an operator's own tuning stays as it is
+    openmp_wait(Settings(), own)
+    assert own == {"GOMP_SPINCOUNT": "500"}
+    spin = {"OMP_WAIT_POLICY": "PASSIVE"}  # as the Makefile exports it
+    openmp_wait(Settings(omp_spin=True), spin)
+    assert spin == {"GOMP_SPINCOUNT": "10000"}

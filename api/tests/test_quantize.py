@@ -86,19 +86,12 @@ async def test_int4_greedy_output_matches_generate_and_is_batch_invariant(int4_m
         engine.shutdown(10)
 
 
-def test_auto_leaves_dense_checkpoints_alone(tiny_llama: LoadedModel) -> None:
-    assert not tiny_llama.int4  # `auto` quantises only 4-bit GGUF sources
+def test_dense_by_default_and_int4_only_on_the_cpu(tiny_llama: LoadedModel, tiny_llama_settings: Settings) -> None:
+    from pibloom.engine.loader import ModelLoadError, wants_int4
 
-
-def test_none_and_cuda_are_respected(tiny_llama_settings: Settings) -> None:
-    from pibloom.engine.loader import ModelSource, wants_int4
-
-    source = ModelSource("folder", tiny_llama_settings.model, None, "tiny")
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert wants_int4(tiny_llama_settings.model_copy(update={"quantize": "int4"}), source, cpu)
-    assert not wants_int4(tiny_llama_settings.model_copy(update={"quantize": "none"}), source, cpu)
-    assert not wants_int4(tiny_llama_settings, source, gpu)
-    from pibloom.engine.loader import ModelLoadError
-
+    assert not tiny_llama.int4
+    int4 = tiny_llama_settings.model_copy(update={"quantize": "int4"})
+    assert wants_int4(int4, torch.device("cpu"))
+    assert not wants_int4(tiny_llama_settings, torch.device("cuda"))
     with pytest.raises(ModelLoadError, match="needs the CPU"):
-        wants_int4(tiny_llama_settings.model_copy(update={"quantize": "int4"}), source, gpu)
+        wants_int4(int4, torch.device("cuda"))

@@ -150,6 +150,10 @@ def render_text(report: BenchReport) -> str:
     for s in report.levels:
         for sample in s.error_samples:
             parts.append(f"{LABELS.get(s.peer, s.peer)} c={s.concurrency}: {s.errors} failed, e.g. {sample}")
+    parts.append(
+        "Threads: every peer's OpenMP threads spin between operations, as on a dedicated host (llama-server's "
+        "default; PIBLOOM_OMP_SPIN=true for piBLOOM, whose serving default is passive waiting)."
+    )
     inherited = {k: v for k, v in report.config.get("pibloom_env", {}).items() if k != "PIBLOOM_CACHE_DIR"}
     if inherited:
         parts.append("piBLOOM settings from the environment: " + " ".join(f"{k}={v}" for k, v in inherited.items()))

@@ -71,6 +71,9 @@ def pibloom_launch(port: int, batching: bool) -> Launch:
         "PIBLOOM_MODEL": "default",
         "PIBLOOM_BATCHING": "true" if batching else "false",
         "PIBLOOM_LOG_LEVEL": "warning",
+        # llama-server's OpenMP threads spin between operations by default; so do piBLOOM's here, as
+        # on a dedicated host (its serving default is passive: see PIBLOOM_OMP_SPIN).
+        "PIBLOOM_OMP_SPIN": "true",
     }
     return Launch([sys.executable, "-m", "pibloom.cli", "serve"], env, "/health/ready", UNSET_FOR_PIBLOOM)
 

@@ -217,40 +217,15 @@ def load_model(settings: Settings) -> LoadedModel:
         raise ModelLoadError(f"cannot load model {source.location!r}: {exc}{hint}") from exc
     model.to(device)
     model.eval()
-    return finish_loading(model, tokenizer, source.name, settings, int4=wants_int4(settings, source, device))
+    return finish_loading(model, tokenizer, source.name, settings, int4=wants_int4(settings, device))
 
 
-# GGUF tensor types whose values are 4-bit levels with a scale and offset per 32 weights: re-quantising
-# their de-quantised weights in groups of 32 gives the same levels back.
-_FOUR_BIT_GGUF = frozenset({"Q4_0", "Q4_1", "Q4_K"})
-# Past this many rows a step, bfloat16 matmuls beat the int4 kernel on this kind of CPU (measured).
-_INT4_MAX_ROWS = 8
-
-
-def gguf_is_four_bit(path: Path) -> bool:
-    """Whether every weight matrix of the GGUF's layers is stored in a 4-bit type."""
-    from gguf import GGUFReader
-
-    types = {
-        t.tensor_type.name for t in GGUFReader(str(path)).tensors if t.name.startswith("blk.") and len(t.shape) == 2
-    }
-    return bool(types) and types <= _FOUR_BIT_GGUF
-
-
-def wants_int4(settings: Settings, source: ModelSource, device: torch.device) -> bool:
+def wants_int4(settings: Settings, device: torch.device) -> bool:
     if settings.quantize == "none":
         return False
     if not quantize.supported(device):
-        if settings.quantize == "int4":
-            raise ModelLoadError(f"PIBLOOM_QUANTIZE=int4 needs the CPU (the model is on {device})")
-        return False
-    if settings.quantize == "int4":
-        return True
-    return (
-        source.gguf_file is not None
-        and settings.max_batch_size <= _INT4_MAX_ROWS
-        and gguf_is_four_bit(Path(source.location) / source.gguf_file)
-    )
+        raise ModelLoadError(f"PIBLOOM_QUANTIZE=int4 needs the CPU (the model is on {device})")
+    return True
 
 
 def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings, *, int4: bool = False) -> LoadedModel:

@@ -1,14 +1,13 @@
 """4-bit weights on the CPU: group-wise asymmetric int4, computed by torch's own int4 matmul kernel.
 
-Decoding one sequence on a CPU reads every weight once per token, so its speed is set by memory
-traffic: SmolLM2-135M is 270 MB a token in bfloat16 and ~75 MB in 4 bits. The embedded model ships as
-a Q4_1 GGUF (4-bit values with a scale and a minimum per group of 32 weights), which is exactly this
-format, so re-quantising its de-quantised weights gives back the file's own 4-bit values: nothing is
-lost that the file had not already dropped. Other checkpoints lose what 4-bit rounding loses, which
-is why `auto` turns this on only for 4-bit GGUF sources.
-
-The kernel (`torch._weight_int4pack_mm_for_cpu`) computes `x @ ((q - 8) * scale + zero).T` over
-groups of `group` input columns, and gives the same row whatever the batch size around it.
+Decoding a few sequences on a CPU reads every weight once per step, so its speed is set by memory
+traffic: SmolLM2-135M is 270 MB a step in bfloat16 and ~75 MB in 4 bits. The kernel
+(`torch._weight_int4pack_mm_for_cpu`) computes `x @ ((q - 8) * scale + zero).T` over groups of 32
+input columns and gives a row the same result whatever the batch around it. Re-quantising the
+embedded Q4_1 model's de-quantised weights gets the file's own levels back exactly, but the kernel
+takes scales and zeros in the activations' dtype (bfloat16), whose rounding moves each group a
+little: measured against the exact weights, next-token KL 0.0012 (bfloat16 dense: 0.0009) and 98%
+top-1 agreement (dense: 100%). Hence opt-in (`PIBLOOM_QUANTIZE=int4`), not the default.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-GROUP = 32  # Q4_0/Q4_1 blocks are 32 weights: the same groups keep those files' values exact
+GROUP = 32  # as GGUF's Q4_0/Q4_1 blocks: a Q4_1 file's levels come back exactly
 _ROW_BLOCK = 64  # rows of a packed weight that can be sliced off as a valid packed weight of their own
 
 
