@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, openmp
 from .settings import Settings
 
 
@@ -20,9 +21,11 @@ def main() -> None:
 @main.command()
 def serve() -> None:
     """Run the api under gunicorn with uvicorn workers (settings from PIBLOOM_* variables)."""
+    settings = Settings()
+    openmp.configure(settings, os.environ)  # before the server's imports load torch
     from .server import serve as run
 
-    run(Settings())
+    run(settings)
 
 
 @main.command()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import MutableMapping
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -46,20 +44,6 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         return create_app(self.settings)
 
 
-def openmp_wait(settings: Settings, environ: MutableMapping[str, str]) -> None:
-    """How torch's OpenMP threads wait between operations. Spinning collapses throughput (~10x,
-    measured) as soon as anything else wants a core (nginx, node, a second replica on a Pi); passive
-    waiting costs ~25-35% on an idle host. So spinning is opt-in (PIBLOOM_OMP_SPIN), and otherwise the
-    environment's own OMP_WAIT_POLICY / GOMP_SPINCOUNT win over the passive default."""
-    if settings.omp_spin:
-        environ.pop("OMP_WAIT_POLICY", None)  # PASSIVE (the Makefile's default) would override the count
-        environ.setdefault("GOMP_SPINCOUNT", "10000")
-    elif "GOMP_SPINCOUNT" not in environ:
-        environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def serve(settings: Settings) -> None:
     configure_logging(settings)
-    # Set before the workers import torch (libgomp reads it once).
-    openmp_wait(settings, os.environ)
     GunicornServer(settings).run()

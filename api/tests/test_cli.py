@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import httpx
+import pytest
 from click.testing import CliRunner
 
 from pibloom.cli import main
@@ -88,14 +92,32 @@ def test_readme_documents_every_setting() -> None:
 
 
 def test_openmp_threads_wait_passively_unless_spinning_is_asked_for() -> None:
-    from pibloom.server import openmp_wait
+    from pibloom.openmp import configure
 
     environ: dict[str, str] = {}
-    openmp_wait(Settings(), environ)
+    configure(Settings(), environ)
     assert environ == {"OMP_WAIT_POLICY": "PASSIVE"}
     own = {"GOMP_SPINCOUNT": "500"}  # an operator's own tuning stays as it is
-    openmp_wait(Settings(), own)
+    configure(Settings(), own)
     assert own == {"GOMP_SPINCOUNT": "500"}
     spin = {"OMP_WAIT_POLICY": "PASSIVE"}  # as the Makefile exports it
-    openmp_wait(Settings(omp_spin=True), spin)
+    configure(Settings(omp_spin=True), spin)
     assert spin == {"GOMP_SPINCOUNT": "10000"}
+
+
+@pytest.mark.parametrize(("spin", "count"), [("true", "10000"), ("false", "0")])
+def test_the_wait_policy_reaches_openmp_before_torch_loads(spin: str, count: str) -> None:
+    """libgomp reads its environment once, when torch loads it: `pibloom serve` must set it before
+    importing the server (which imports torch), and importing the CLI must not load torch."""
+    script = (
+        "import os, sys\n"
+        "from pibloom import cli\n"
+        "assert 'torch' not in sys.modules\n"
+        "cli.openmp.configure(cli.Settings(), os.environ)\n"
+        "import pibloom.server\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env |= {"OMP_DISPLAY_ENV": "verbose", "PIBLOOM_OMP_SPIN": spin, "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"GOMP_SPINCOUNT = '{count}'" in done.stderr
