@@ -18,7 +18,6 @@ when the check passes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -250,9 +249,13 @@ class ServerPool:
             wake += [s.paused_until - now for s in self.servers if s.usable and s.paused_until > now]
             if self._unusable_since is not None:
                 wake.append(self._unusable_since + self.options.wait - now)
-            changed = self._changed
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=max(min(wake), 0.001))
+            # asyncio.wait, not wait_for: on Python < 3.12, wait_for can swallow this task's own
+            # cancellation when it lands as the timeout fires, and Ctrl-C then went unnoticed.
+            changed = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait({changed}, timeout=max(min(wake), 0.001))
+            finally:
+                changed.cancel()
 
     def release(self, server: Server) -> None:
         server.outstanding -= 1

@@ -8,6 +8,9 @@ while loading safetensors takes well under a second: readiness then comes in sec
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import hashlib
 import inspect
 import logging
@@ -228,6 +231,14 @@ def wants_int4(settings: Settings, device: torch.device) -> bool:
     return True
 
 
+def _return_freed_memory() -> None:
+    """glibc keeps freed heap pages mapped: the weights replaced by fused or 4-bit copies stayed
+    resident (~200 MB for SmolLM2-135M, measured) until handed back."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings, *, int4: bool = False) -> LoadedModel:
     extra_stop: tuple[str, ...] = ()
     if not getattr(tokenizer, "chat_template", None):
@@ -258,6 +269,7 @@ def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings, *,
         log.info("using transformers' forward pass: the lean pass does not cover %s", why_not)
         if int4:
             quantize.quantize_linears(model)
+    _return_freed_memory()
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
