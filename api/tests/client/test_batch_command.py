@@ -127,7 +127,13 @@ def test_ctrl_c_leaves_a_valid_file_and_the_rerun_completes(
     source.write_text("".join(f"prompt {n}\n" for n in range(200)), encoding="utf-8")
     out = tmp_path / "out.jsonl"
     command = [sys.executable, "-m", "pibloom.client", str(source), "-o", str(out), "-s", server.url]
-    proc = subprocess.Popen([*command, "--per-server", "2", *FAST], env=client_env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*command, "--per-server", "2", *FAST],
+        env=client_env,
+        stderr=subprocess.PIPE,
+        # A shell's background jobs ignore SIGINT, and children inherit that: give it back, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         wait_until(lambda: out.exists() and len(out.read_bytes().splitlines()) >= 5, timeout=30)
         proc.send_signal(signal.SIGINT)
