@@ -2,7 +2,8 @@
 and put into every log record written while the request is handled (through a context variable).
 
 The same middleware writes the access log, so each line carries the id and nothing private: no query
-string, no headers, no body.
+string, no headers, no body; and, from the same status and duration, it records the request latency
+metric, so one wrapper of `send` serves all three.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from contextvars import ContextVar
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..metrics import Metrics
 from .clients import TrustedProxies
 from .responses import header, is_operational
 
@@ -39,10 +41,13 @@ def accept_or_new(value: str | None) -> str:
 
 
 class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp, *, trusted: TrustedProxies, access: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, *, trusted: TrustedProxies, access: bool = True, metrics: Metrics | None = None
+    ) -> None:
         self.app = app
         self.trusted = trusted
         self.access = access
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,8 +69,13 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - start
+            if self.metrics is not None:
+                # The route template, never the raw path, keeps label cardinality bounded.
+                path = getattr(scope.get("route"), "path", None) or "unmatched"
+                self.metrics.request_latency.labels(path, scope["method"], str(status)).observe(seconds)
             if self.access:
-                self._log(scope, status, time.perf_counter() - start)
+                self._log(scope, status, seconds)
             REQUEST_ID.reset(token)
 
     def _log(self, scope: Scope, status: int, seconds: float) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from ..routes.metrics import RequestMetricsMiddleware
 from ..runtime import Runtime
 from ..settings import Settings
 from .bodylimit import BodyLimitMiddleware
@@ -39,5 +38,4 @@ def install_middleware(app: FastAPI, settings: Settings, runtime: Runtime, api_k
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics)
-    app.add_middleware(RequestIdMiddleware, trusted=trusted, access=settings.access_log)
+    app.add_middleware(RequestIdMiddleware, trusted=trusted, access=settings.access_log, metrics=runtime.metrics)
