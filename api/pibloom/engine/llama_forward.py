@@ -5,8 +5,9 @@ builders, cache bookkeeping, per-head reshapes) as the matrix products themselve
 SmolLM2-135M, 41% of a decode step against 47% in matmuls (py-spy). This pass runs the same
 mathematics with about a third of the operations per layer: q/k/v and gate/up are one matmul each
 (weights concatenated once; the model's own parameters become views of them, so memory does not
-grow), rotary embedding is applied to queries and keys together, attention is one
-`scaled_dot_product_attention` call with grouped-query heads, and the mask is built once per step.
+grow), rotary embedding is applied to queries and keys together, the mask is built once per step,
+and attention is one grouped-query call: `scaled_dot_product_attention` for prompts, two batched
+matmuls for one new token a row (see `_decode_attention`).
 
 It reads the model's own modules for everything that varies between checkpoints (the rotary
 embedding with its scaling rules, norms' epsilon, biases), and writes keys and values through the
