@@ -51,6 +51,7 @@ run: setup model
 lint: setup-api
 	$(BIN)/ruff check --config api/pyproject.toml api e2e scripts deploy-tests
 	$(BIN)/ruff format --config api/pyproject.toml --check api e2e scripts deploy-tests
+	cd api && $(BIN)/lint-imports
 
 test-api: setup-api
 	cd api && $(BIN)/pytest -q

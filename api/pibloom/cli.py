@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__, openmp
+from . import __version__
+from .engine import openmp
 from .settings import Settings
 
 
@@ -23,7 +24,7 @@ def serve() -> None:
     """Run the api under gunicorn with uvicorn workers (settings from PIBLOOM_* variables)."""
     settings = Settings()
     openmp.configure(settings, os.environ)  # before the server's imports load torch
-    from .server import serve as run
+    from .http.server import serve as run
 
     run(settings)
 
@@ -31,12 +32,12 @@ def serve() -> None:
 @main.command()
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Server base URL.")
 @click.option("--system", default=None, help="System prompt.")
-@click.option("--temperature", type=float, default=0.7, show_default=True)
-@click.option("--max-tokens", type=int, default=512, show_default=True)
+@click.option("--temperature", type=float, default=None, help="Default: the server's (see /v1/models).")
+@click.option("--max-tokens", type=int, default=None, help="Default: the server's (see /v1/models).")
 @click.option("--api-key", envvar="PIBLOOM_API_KEY", default=None, help="Bearer key, if the server needs one.")
-def chat(url: str, system: str | None, temperature: float, max_tokens: int, api_key: str | None) -> None:
+def chat(url: str, system: str | None, temperature: float | None, max_tokens: int | None, api_key: str | None) -> None:
     """Chat in the terminal with a running server, streaming the replies."""
-    from .terminal_chat import run_chat
+    from .client.terminal_chat import run_chat
 
     sys.exit(run_chat(url, system, temperature, max_tokens, api_key))
 
@@ -83,11 +84,11 @@ def show_settings(markdown: bool) -> None:
 
 def _register_optional() -> None:
     """Commands that live in their own packages."""
-    from .client.command import batch_command
+    from .client.cli import batch_command
 
     main.add_command(batch_command, "batch")
     try:  # the bench needs the dev extras (psutil, matplotlib)
-        from .bench.command import bench_command
+        from .bench.cli import bench_command
     except ImportError:
         return
     main.add_command(bench_command, "bench")

@@ -74,6 +74,17 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=0, description="Requests allowed to wait for a batch slot; past it: 503.")
     max_tokens_default: int = Field(256, ge=1, description="`max_tokens` when a request gives none.")
     max_tokens_limit: int = Field(4096, ge=1, description="Largest `max_tokens` a request may ask for.")
+    chat_temperature: float = Field(
+        0.7,
+        ge=0.0,
+        le=2.0,
+        description="Temperature of `POST /chat/`, and the chat page's and `pibloom chat`'s default.",
+    )
+    chat_top_p: float = Field(0.9, gt=0.0, le=1.0, description="`top_p` of `POST /chat/`.")
+    chat_repetition_penalty: float = Field(1.1, gt=0.0, le=10.0, description="Repetition penalty of `POST /chat/`.")
+    chat_max_tokens: int = Field(
+        512, ge=1, description="`max_tokens` the chat page and `pibloom chat` start from (`/v1/models` reports it)."
+    )
     max_context: int | None = Field(
         None, ge=16, description="Cap on prompt + completion tokens (default: the model's own limit)."
     )

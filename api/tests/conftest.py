@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 
 from pibloom.engine.loader import LoadedModel, load_model
-from pibloom.runtime import Runtime
+from pibloom.serving.lifecycle import ModelHost
 from pibloom.settings import Settings
 
 from support import ServerFactory, running_server
@@ -57,7 +57,7 @@ def tiny_llama(tiny_llama_settings: Settings) -> LoadedModel:
 
 @pytest.fixture(scope="session")
 def server_factory(tiny_settings: Settings, tiny_loaded: LoadedModel) -> ServerFactory:
-    """`with server_factory(max_queue=1) as (url, runtime):` — a server with settings overridden."""
+    """`with server_factory(max_queue=1) as (url, host):` — a server with settings overridden."""
 
     def make(loader: Callable[[Settings], LoadedModel] | None = None, **overrides: object):
         settings = tiny_settings.model_copy(update=overrides)
@@ -67,12 +67,12 @@ def server_factory(tiny_settings: Settings, tiny_loaded: LoadedModel) -> ServerF
 
 
 @pytest.fixture(scope="session")
-def api(server_factory: ServerFactory) -> Iterator[tuple[str, Runtime]]:
+def api(server_factory: ServerFactory) -> Iterator[tuple[str, ModelHost]]:
     """One shared server on the tiny model for tests that do not change settings."""
     with server_factory() as served:
         yield served
 
 
 @pytest.fixture(scope="session")
-def base_url(api: tuple[str, Runtime]) -> str:
+def base_url(api: tuple[str, ModelHost]) -> str:
     return api[0]

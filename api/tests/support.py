@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from pibloom.app import create_app
 from pibloom.engine.loader import LoadedModel
+from pibloom.http.app import create_app
 from pibloom.metrics import Metrics
-from pibloom.runtime import Runtime
+from pibloom.serving.lifecycle import ModelHost
 from pibloom.settings import Settings
 
 
@@ -31,12 +31,12 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_server(
     settings: Settings, loaded: LoadedModel | None, loader: Callable[[Settings], LoadedModel] | None = None
-) -> Iterator[tuple[str, Runtime]]:
+) -> Iterator[tuple[str, ModelHost]]:
     """A real uvicorn server in a thread; `loaded=None` loads the model (with `loader`) in the lifespan."""
-    runtime = Runtime(settings, Metrics(), loader) if loader else Runtime(settings, Metrics())
+    host = ModelHost(settings, Metrics(), loader) if loader else ModelHost(settings, Metrics())
     if loaded is not None:
-        runtime.attach(loaded)
-    app = create_app(settings, runtime)
+        host.attach(loaded)
+    app = create_app(settings, host)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -47,15 +47,15 @@ def running_server(
             raise RuntimeError("test server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}", runtime
+        yield f"http://127.0.0.1:{port}", host
     finally:
         server.should_exit = True
         thread.join(30)
-        if runtime.engine is not None:
-            runtime.engine.shutdown(5)
+        if host.engine is not None:
+            host.engine.shutdown(5)
 
 
-ServerFactory = Callable[..., contextlib.AbstractContextManager[tuple[str, Runtime]]]
+ServerFactory = Callable[..., contextlib.AbstractContextManager[tuple[str, ModelHost]]]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from pibloom.cli import main
-from pibloom.runtime import Runtime
+from pibloom.serving.lifecycle import ModelHost
 from pibloom.settings import Settings
 
 from support import free_port, pibloom_serve
@@ -36,7 +36,7 @@ def test_settings_come_from_the_environment(monkeypatch) -> None:  # type: ignor
     assert (s.max_batch_size, s.api_keys, s.cors_origins) == (7, ["a", "b"], ["https://x.example"])
 
 
-def test_terminal_chat_streams_a_reply(api: tuple[str, Runtime]) -> None:
+def test_terminal_chat_streams_a_reply(api: tuple[str, ModelHost]) -> None:
     url, _ = api
     result = CliRunner().invoke(main, ["chat", "--url", url, "--max-tokens", "6"], input="Hello\n/reset\nHi\n\n")
     assert result.exit_code == 0, result.output
@@ -92,7 +92,7 @@ def test_readme_documents_every_setting() -> None:
 
 
 def test_openmp_threads_wait_passively_unless_spinning_is_asked_for() -> None:
-    from pibloom.openmp import configure
+    from pibloom.engine.openmp import configure
 
     environ: dict[str, str] = {}
     configure(Settings(), environ)
@@ -114,7 +114,7 @@ def test_the_wait_policy_reaches_openmp_before_torch_loads(spin: str, count: str
         "from pibloom import cli\n"
         "assert 'torch' not in sys.modules\n"
         "cli.openmp.configure(cli.Settings(), os.environ)\n"
-        "import pibloom.server\n"
+        "import pibloom.http.server\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env |= {"OMP_DISPLAY_ENV": "verbose", "PIBLOOM_OMP_SPIN": spin, "OMP_WAIT_POLICY": "PASSIVE"}

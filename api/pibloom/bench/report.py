@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .servers import LABELS, LLAMA, PIBLOOM, UNBATCHED
+from .peers import LABELS, LLAMA, PIBLOOM, UNBATCHED
 from .stats import LevelStats, ratio
 
 MIB = 1024 * 1024

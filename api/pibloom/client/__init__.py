@@ -1,4 +1,5 @@
-"""The batch client: many prompts over a cluster of piBLOOM (or any OpenAI-compatible) servers.
+"""The batch client: many prompts over a cluster of piBLOOM (or any OpenAI-compatible) servers; and
+`pibloom chat` (`terminal_chat`). HTTP only: imports no server code (pibloom.http, serving, engine).
 
 Library use::
 
@@ -14,9 +15,9 @@ items `{"id": ..., "text": "..."}`, whose results are ScoreRow.
 The command line is `pibloom batch` (pibloom.client.command.batch_command).
 """
 
+from .batch import BatchReport, run_batch
 from .models import BatchItem, ErrorInfo, ResultRow, ScoreItem, ScoreRow, Usage
 from .options import BatchOptions
-from .runner import BatchReport, run_batch
 from .summary import Summary
 
 __all__ = [

@@ -1,6 +1,6 @@
 """`python -m pibloom.client ...` runs `pibloom batch ...` (handy where the console script is absent)."""
 
-from .command import batch_command
+from .cli import batch_command
 
 if __name__ == "__main__":
     batch_command(prog_name="pibloom batch")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from .models import BatchItem, Item, ResultRow, Row, ScoreItem, ScoreRow, Usage
 from .options import BatchOptions
-from .servers import Attempt, Reader, Server, text_reader
+from .pool import Attempt, Reader, Server, text_reader
 from .validate import OutputError, parse_output
 
 SCORE_PATH = "/v1/score"

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from .models import ResultRow, Row, ScoreRow
-from .servers import Server
+from .pool import Server
 
 
 @dataclass

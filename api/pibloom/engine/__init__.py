@@ -1,1 +1,7 @@
-"""Model loading and the continuous-batching inference engine."""
+"""Model loading (`loader`), the continuous-batching scheduler (`scheduler`), the forward passes behind
+one signature (`forward`, `llama_forward`), the slot KV cache (`kv_cache`), sampling, streaming text
+(`detokenizer`), 4-bit weights (`quantize`) and OpenMP setup (`openmp`).
+
+May import: `pibloom.settings`, `pibloom.metrics`, torch and transformers. Knows nothing of HTTP or of
+the serving layer above it.
+"""

@@ -79,6 +79,20 @@ class SlotCache(Cache):
     def length(self) -> int:
         return self.state.length
 
+    @property
+    def rows(self) -> int:
+        return self.state.rows
+
+    def reset(self, length: int) -> None:
+        """Empty the batch; the next row to join is right-aligned at `length` columns."""
+        self.state.rows, self.state.length = 0, length
+
+    def buffers(self, layer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the first `rows` rows of `layer` over the buffers' whole capacity (contiguous,
+        unlike their first `length` columns); columns past the length must be masked like padding."""
+        slot = self.layers[layer]
+        return slot.keys[:rows], slot.values[:rows]
+
     def advance(self, columns: int) -> None:
         self.state.length += columns
 

@@ -114,6 +114,8 @@ class _Layer:
 class LlamaForward:
     """Callable like the engine's forward: logits of the last `keep` positions (0: all)."""
 
+    name = "lean"
+
     def __init__(self, model: nn.Module, *, int4: bool = False) -> None:
         reason = supports(model)
         if reason is not None:
@@ -167,8 +169,7 @@ class LlamaForward:
                     # The rows' whole buffers are contiguous, unlike their first `length` columns, which
                     # bfloat16 batched matmuls copied at every layer (~20% of a 32-row step). Columns
                     # past the length are masked like padding.
-                    layer_cache = cache.layers[index]
-                    keys, values = layer_cache.keys[:rows], layer_cache.values[:rows]
+                    keys, values = cache.buffers(index, rows)
                     if attend.shape[-1] != keys.shape[2]:
                         attend = F.pad(attend, (0, keys.shape[2] - attend.shape[-1]), value=float("-inf"))
                 attn = self._decode_attention(qk[:, :heads], keys, values, attend)

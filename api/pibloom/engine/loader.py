@@ -12,12 +12,10 @@ import contextlib
 import ctypes
 import gc
 import hashlib
-import inspect
 import logging
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import torch
 
 from ..settings import DEFAULT_MODEL, Settings
 from . import llama_forward, quantize
+from .forward import Forward, TransformersForward
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +70,19 @@ class LoadedModel:
     max_context: int
     eos_token_ids: frozenset[int]
     extra_stop: tuple[str, ...]
-    accepts_position_ids: bool
+    forward: Forward  # the one way the engine runs the model (see `forward`)
     pad_token_id: int = 0
     bos_token_id: int | None = None
-    # piBLOOM's own forward pass when it covers the model (`llama_forward`), else None: transformers'.
-    lean_forward: Callable[..., torch.Tensor] | None = None
     int4: bool = False  # linear layers hold 4-bit weights (`quantize`)
+
+    @property
+    def forward_name(self) -> str:
+        return self.forward.name
+
+    @property
+    def lean(self) -> bool:
+        """Whether piBLOOM's own forward pass (`llama_forward`) runs this model."""
+        return isinstance(self.forward, llama_forward.LlamaForward)
 
 
 def cache_root(settings: Settings) -> Path:
@@ -260,12 +266,12 @@ def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings, *,
         or 2048
     )
     max_context = min(model_limit, settings.max_context) if settings.max_context else model_limit
-    accepts_position_ids = "position_ids" in inspect.signature(model.forward).parameters
-    lean = None
+    forward: Forward
     why_not = llama_forward.supports(model) if settings.lean_forward else "PIBLOOM_LEAN_FORWARD=false"
     if why_not is None:
-        lean = llama_forward.LlamaForward(model, int4=int4)
+        forward = llama_forward.LlamaForward(model, int4=int4)
     else:
+        forward = TransformersForward(model)
         log.info("using transformers' forward pass: the lean pass does not cover %s", why_not)
         if int4:
             quantize.quantize_linears(model)
@@ -279,10 +285,9 @@ def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings, *,
         max_context=max_context,
         eos_token_ids=frozenset(eos),
         extra_stop=extra_stop,
-        accepts_position_ids=accepts_position_ids,
         pad_token_id=int(tokenizer.pad_token_id),
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
-        lean_forward=lean,
+        forward=forward,
         int4=int4,
     )
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from pibloom.client.options import BatchOptions
-from pibloom.client.servers import Attempt, NoServerError, ServerPool
+from pibloom.client.pool import Attempt, NoServerError, ServerPool
 
 URLS = ["http://a:1", "http://b:1", "http://c:1"]
 

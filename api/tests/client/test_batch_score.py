@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from pibloom.client import BatchOptions, ScoreRow, run_batch
-from pibloom.client.command import batch_command
+from pibloom.client.cli import batch_command
 from pibloom.engine.loader import LoadedModel
 from pibloom.settings import Settings
 

@@ -1,0 +1,106 @@
+"""`pibloom bench`: piBLOOM against its peers at several concurrencies; prints a table, writes JSON and a plot."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..settings import Settings
+from .load import PATHS
+from .peers import LLAMA, PEERS, PIBLOOM
+from .report import render_text, write
+from .session import BenchConfig, run_bench
+
+QUICK_LEVELS = "1,4"
+QUICK_MAX_TOKENS = 32
+
+
+def parse_levels(text: str) -> list[int]:
+    """`"1,4,16"` -> [1, 4, 16] (sorted, distinct, each at least 1)."""
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from exc
+    if not levels or any(level < 1 for level in levels):
+        raise click.BadParameter(f"each concurrency must be at least 1, got {text!r}")
+    return sorted(set(levels))
+
+
+def parse_peers(text: str) -> list[str]:
+    """`"pibloom,llama-server"` -> the named peers, in the canonical order; unknown names are an error."""
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in PEERS]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown peer(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(PEERS)}")
+    return [peer for peer in PEERS if peer in names]
+
+
+@click.command("bench")
+@click.option("--concurrency", default=None, help="Comma-separated concurrent streams per level.  [default: 1,4,16,32]")
+@click.option(
+    "--max-tokens", type=click.IntRange(1, 4096), default=None, help="New tokens per request.  [default: 128]"
+)
+@click.option("--peers", default=",".join(PEERS), show_default=True, help="Which servers to measure.")
+@click.option(
+    "--requests-per-level",
+    type=click.IntRange(1),
+    default=None,
+    help="Requests at every level (default: 4, 8, 32, 64 for 1, 4, 16, 32 streams; 2x the streams otherwise).",
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),
+    show_default=True, help="Folder for bench.json, bench.md, bench.png and the servers' logs.",
+)  # fmt: skip
+@click.option("--quick", is_flag=True, help="A short smoke run: 1 and 4 streams, 32 tokens, few requests.")
+@click.option("--level-timeout", type=click.FloatRange(1), default=None, help="Seconds before a level is cut.")
+@click.option("--unbatched-timeout", type=click.FloatRange(1), default=None, help="Same, for the one-at-a-time server.")
+@click.option(
+    "--build-llama/--no-build-llama",
+    default=None,
+    help="Build llama-server into the cache when it is not on PATH (default: yes, except with --quick).",
+)
+@click.option("--api", type=click.Choice(list(PATHS)), default="chat", show_default=True, help="Endpoint to load.")
+def bench_command(
+    concurrency: str | None,
+    max_tokens: int | None,
+    peers: str,
+    requests_per_level: int | None,
+    out_dir: Path,
+    quick: bool,
+    level_timeout: float | None,
+    unbatched_timeout: float | None,
+    build_llama: bool | None,
+    api: str,
+) -> None:
+    """Compare piBLOOM, piBLOOM without batching and llama.cpp's llama-server on the embedded model.
+
+    Every peer gets the same prompts, greedy, streaming; the table shows aggregate output tokens/s,
+    time to first token, inter-token latency, resident memory and piBLOOM's ratio to each peer.
+    """
+    levels = parse_levels(concurrency or (QUICK_LEVELS if quick else "1,4,16,32"))
+    config = BenchConfig(
+        concurrency=levels,
+        max_tokens=max_tokens or (QUICK_MAX_TOKENS if quick else 128),
+        peers=parse_peers(peers),
+        out_dir=out_dir,
+        api="completions" if api == "completions" else "chat",
+        build_llama=(not quick) if build_llama is None else build_llama,
+    )
+    if requests_per_level is not None:
+        config.requests = dict.fromkeys(levels, requests_per_level)
+    elif quick:
+        config.requests = {c: max(2, c) for c in levels}
+    if quick:
+        config.level_timeout, config.unbatched_timeout = 60.0, 20.0
+    config.level_timeout = level_timeout or config.level_timeout
+    config.unbatched_timeout = unbatched_timeout or config.unbatched_timeout
+
+    report = run_bench(config, Settings(), echo=lambda line: click.echo(line, err=True))
+    click.echo(render_text(report))
+    paths = write(report, out_dir)
+    click.echo(f"\nwrote {paths['json']}, {paths['table']} and {paths['plot']}")
+    failed = [p for p in report.peers if p.name != LLAMA and not p.available]
+    if failed or any(s.errors for s in report.levels if s.peer == PIBLOOM):
+        sys.exit(1)

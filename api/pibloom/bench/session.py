@@ -1,0 +1,204 @@
+"""One bench run: every peer in turn, every concurrency level, into a `BenchReport`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import psutil
+
+from ..settings import Settings
+from .llamacpp import LlamaBuildError, ensure_llama_server
+from .load import Api, LoadSpec, model_id, run_level, warm_up
+from .peers import (
+    LABELS,
+    LLAMA,
+    PIBLOOM,
+    UNBATCHED,
+    UNSET_FOR_PIBLOOM,
+    Launch,
+    RssSampler,
+    RunningServer,
+    ServerStartError,
+    cpu_count,
+    free_port,
+    llama_launch,
+    llama_supports,
+    pibloom_launch,
+    running,
+)
+from .prompts import WARM_PROMPTS
+from .report import BenchReport, PeerInfo, compute_ratios, compute_targets
+from .stats import LevelStats, summarize
+
+Echo = Callable[[str], None]
+# Enough requests per level for stable medians, few enough that the default run takes ~10 minutes.
+DEFAULT_REQUESTS = {1: 4, 4: 8, 16: 32, 32: 64}
+WARM_TOKENS = 8
+
+
+def default_requests(concurrency: int) -> int:
+    return DEFAULT_REQUESTS.get(concurrency, max(4, 2 * concurrency))
+
+
+@dataclass
+class BenchConfig:
+    concurrency: list[int]
+    max_tokens: int
+    peers: list[str]
+    out_dir: Path
+    requests: dict[int, int] = field(default_factory=dict)
+    level_timeout: float = 180.0
+    # The unbatched server serves one request at a time: a level is cut here rather than waiting it out.
+    unbatched_timeout: float = 40.0
+    build_llama: bool = True
+    api: Api = "chat"
+    ready_timeout: float = 600.0
+
+    def requests_at(self, concurrency: int) -> int:
+        return self.requests.get(concurrency, default_requests(concurrency))
+
+
+def inherited_settings() -> dict[str, str]:
+    """The PIBLOOM_* variables the piBLOOM peers inherit (the ones the bench sets itself left out)."""
+    own = set(pibloom_launch(0, True).env) | set(UNSET_FOR_PIBLOOM)
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("PIBLOOM_") and k not in own}
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
+def _measure(server: RunningServer, peer: str, model: str, spec: LoadSpec, echo: Echo) -> LevelStats:
+    # Warm the level's batch size first (buffers, kernels, graphs sized by it), unmeasured; the
+    # unbatched server only ever runs one sequence, so one request warms it.
+    requests = 1 if peer == UNBATCHED else spec.concurrency
+    warm = replace(spec, requests=requests, max_tokens=WARM_TOKENS, prompts=WARM_PROMPTS)
+    asyncio.run(run_level(server.base_url, model, warm))
+    with RssSampler(server.pid) as rss:
+        results = asyncio.run(run_level(server.base_url, model, spec))
+    stats = summarize(peer, spec.concurrency, results, rss.peak)
+    tps = f"{stats.tokens_per_s:.1f}" if stats.tokens_per_s else "-"
+    ttft = f"{stats.ttft_p50:.2f}" if stats.ttft_p50 is not None else "-"
+    cut = f", cut at {spec.deadline_s:.0f} s" if stats.cut else ""
+    errors = f", {stats.errors} errors" if stats.errors else ""
+    echo(
+        f"  {LABELS[peer]} c={spec.concurrency}: {stats.completed}/{stats.requests} requests, "
+        f"{tps} tok/s, TTFT p50 {ttft} s{cut}{errors}"
+    )
+    return stats
+
+
+def _start(server: RunningServer, config: BenchConfig) -> tuple[str, str | None]:
+    """The served model id, and an error if a short warm-up request fails."""
+    model = asyncio.run(model_id(server.base_url))
+    warm = asyncio.run(warm_up(server.base_url, model, config.api))
+    return model, warm.error
+
+
+def _pibloom_peer(peer: str, config: BenchConfig, echo: Echo) -> tuple[PeerInfo, list[LevelStats]]:
+    port = free_port()
+    launch = pibloom_launch(port, batching=peer == PIBLOOM)
+    deadline = config.unbatched_timeout if peer == UNBATCHED else config.level_timeout
+    echo(f"starting {LABELS[peer]} (log: {config.out_dir / 'logs' / f'{peer}.log'})")
+    levels = []
+    try:
+        with running(launch, port, config.out_dir / "logs" / f"{peer}.log", config.ready_timeout) as server:
+            model, error = _start(server, config)
+            if error:
+                return PeerInfo(peer, False, f"warm-up request failed: {error}"), []
+            info = PeerInfo(peer, True, startup_s=server.startup_s, idle_rss_bytes=server.rss())
+            for c in config.concurrency:
+                spec = LoadSpec(c, config.requests_at(c), config.max_tokens, deadline, config.api)
+                levels.append(_measure(server, peer, model, spec, echo))
+    except ServerStartError as exc:
+        return PeerInfo(peer, False, str(exc)), levels
+    return info, levels
+
+
+def _llama_peer(
+    binary: Path | str, config: BenchConfig, settings: Settings, echo: Echo
+) -> tuple[PeerInfo, list[LevelStats]]:
+    if isinstance(binary, str):  # why it could not be found or built
+        return PeerInfo(LLAMA, False, binary), []
+    from ..engine.loader import fetch_embedded  # imports torch: only when this peer runs
+
+    gguf = fetch_embedded(settings)
+    unified = llama_supports(binary, "--kv-unified")
+    echo(f"starting {LABELS[LLAMA]} per level ({binary}, {gguf.name})")
+    info = PeerInfo(LLAMA, True, note=str(binary))
+    levels = []
+    for c in config.concurrency:
+        port = free_port()
+        launch: Launch = llama_launch(binary, gguf, port, c, config.max_tokens, unified_kv=unified)
+        log = config.out_dir / "logs" / f"{LLAMA}-c{c}.log"
+        try:
+            with running(launch, port, log, config.ready_timeout) as server:
+                model, error = _start(server, config)
+                if error:
+                    return PeerInfo(LLAMA, False, f"warm-up request failed: {error}"), levels
+                if info.startup_s is None:
+                    info.startup_s, info.idle_rss_bytes = server.startup_s, server.rss()
+                spec = LoadSpec(c, config.requests_at(c), config.max_tokens, config.level_timeout, config.api)
+                levels.append(_measure(server, LLAMA, model, spec, echo))
+        except ServerStartError as exc:
+            return PeerInfo(LLAMA, False, str(exc)), levels
+    return info, levels
+
+
+def run_bench(config: BenchConfig, settings: Settings, echo: Echo = print) -> BenchReport:
+    """Run every configured peer at every level and compute the ratios and targets."""
+    report = BenchReport(
+        config={
+            "concurrency": config.concurrency,
+            "max_tokens": config.max_tokens,
+            "peers": config.peers,
+            "requests": {c: config.requests_at(c) for c in config.concurrency},
+            "level_timeout_s": config.level_timeout,
+            "unbatched_timeout_s": config.unbatched_timeout,
+            "api": config.api,
+            "pibloom_env": inherited_settings(),
+        },
+        machine=machine(),
+        peers=[],
+        levels=[],
+    )
+    load, cores = report.machine["load_average_1m"], report.machine["cores"]
+    if isinstance(load, float) and isinstance(cores, int) and load > cores / 2:
+        echo(f"warning: the machine is busy (load {load:.1f} on {cores} cores): the figures will be low")
+    # Find or build llama-server before anything runs, so that a long compile never overlaps a measurement.
+    llama: Path | str = ""
+    if LLAMA in config.peers:
+        try:
+            llama = ensure_llama_server(settings.cache_dir, build=config.build_llama, echo=echo)
+        except LlamaBuildError as exc:
+            llama = str(exc)
+    for peer in config.peers:
+        if peer == LLAMA:
+            info, levels = _llama_peer(llama, config, settings, echo)
+        else:
+            info, levels = _pibloom_peer(peer, config, echo)
+        if not info.available:
+            echo(f"{LABELS[peer]} NOT MEASURED: {info.note}")
+        report.peers.append(info)
+        report.levels.extend(levels)
+    report.ratios = compute_ratios(report.levels)
+    report.targets = compute_targets(report)
+    return report

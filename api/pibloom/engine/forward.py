@@ -1,0 +1,40 @@
+"""The forward pass behind one signature, whichever code computes it.
+
+`forward(input_ids, mask, positions, cache, keep)` returns the logits of the last `keep` positions
+(0: all) as [rows, positions, vocab]. The loader picks the implementation once per model: piBLOOM's
+lean pass (`llama_forward`) where it covers the architecture, transformers' otherwise.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Protocol
+
+import torch
+
+
+class Forward(Protocol):
+    name: str
+
+    def __call__(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, keep: int = 1
+    ) -> torch.Tensor: ...
+
+
+class TransformersForward:
+    name = "transformers'"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.accepts_position_ids = "position_ids" in inspect.signature(model.forward).parameters
+
+    def __call__(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, keep: int = 1
+    ) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"attention_mask": mask, "past_key_values": cache, "use_cache": True}
+        if self.accepts_position_ids:
+            kwargs["position_ids"] = positions
+        # Skipping the vocabulary projection for positions nobody reads saves most of a prefill's work.
+        out = self.model(input_ids=input_ids, logits_to_keep=keep, **kwargs)
+        logits: torch.Tensor = out.logits
+        return logits

@@ -1,0 +1,488 @@
+"""The inference engine: one model, one thread, continuous batching over every request.
+
+The asyncio side submits `Request`s; the inference thread runs a loop of *iterations*. Each iteration
+drops cancelled sequences, admits waiting requests while batch slots are free, spends a bounded token
+budget on prefilling newcomers (so a long prompt never stalls the running streams for long), then
+runs one decode step for the whole running batch. Finished sequences leave at once and their slot is
+free for the next iteration.
+
+Threads and the lock: `_cond` (a condition over one lock) guards what both sides touch: the waiting
+queue, `accepting`, `_stopping`, and `_counts`, the sizes of the prefilling and running lists as the
+inference thread last published them. Those two lists, the cache and every `_Sequence` belong to the
+inference thread alone and are never read elsewhere. `Request.cancelled` and `fatal_error` are single
+flags written by one side and polled by the other, so they need no lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from ..metrics import Metrics
+from .detokenizer import IncrementalDecoder, StopMatcher
+from .kv_cache import SlotCache
+from .loader import LoadedModel
+from .request import Event, FinishReason, Request, SamplingParams, TokenLogprob
+from .sampling import make_generator, sample_batch, token_logprobs
+
+log = logging.getLogger(__name__)
+
+# Leading padding columns tolerated before the running batch is compacted to the left.
+_COMPACT_MIN = 64
+
+
+class QueueFullError(RuntimeError):
+    """No room to wait: the caller answers 503 with Retry-After."""
+
+
+class EngineStoppedError(RuntimeError):
+    """The engine is draining or stopped and admits no new work."""
+
+
+@dataclass
+class _Sequence:
+    request: Request
+    generator: torch.Generator
+    decoder: IncrementalDecoder
+    stops: StopMatcher
+    history: list[int]
+    start: int = 0  # first cache column that belongs to this row (left of it: padding)
+    next_token: int = -1  # sampled but not yet fed through the model
+    prefill_cache: Any = None
+    prefilled: int = 0
+    logits: torch.Tensor | None = field(default=None, repr=False)
+    prompt_lp: list[TokenLogprob] = field(default_factory=list)
+    sent_prompt_logprobs: bool = False
+
+
+class Engine:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_batch_size: int = 32,
+        max_queue: int = 64,
+        prefill_chunk: int = 256,
+        batching: bool = True,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.max_rows = max_batch_size if batching else 1
+        self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk
+        self.metrics = metrics or Metrics()
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._prefilling: list[_Sequence] = []
+        self._running: list[_Sequence] = []
+        self._cache = SlotCache(self._num_layers(), self.max_rows)
+        self._counts = (0, 0)  # (prefilling, running), published under `_cond` by the inference thread
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.accepting = True
+        self.fatal_error: str | None = None
+
+    # ---------------------------------------------------------------- asyncio side
+
+    def _num_layers(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "num_hidden_layers", None) or config.n_layer)
+
+    def start(self) -> None:
+        """Run the engine on a new thread."""
+        self._thread = threading.Thread(target=self._run, name="pibloom-engine", daemon=True)
+        self.metrics.engine_up.set(1)
+        self._thread.start()
+
+    def run(self, started: Callable[[], None] | None = None) -> None:
+        """Run the engine on the calling thread (the one that loaded the model) until shut down;
+        `started` is called once the engine is alive, before it takes work."""
+        self._thread = threading.current_thread()
+        self.metrics.engine_up.set(1)
+        if started is not None:
+            started()
+        self._run()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.fatal_error is None
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._waiting) + self._busy
+
+    def load(self) -> dict[str, int]:
+        with self._cond:
+            prefilling, running = self._counts
+            return {"waiting": len(self._waiting), "prefilling": prefilling, "running": running}
+
+    @property
+    def _busy(self) -> int:
+        """Sequences in the batch or being prefilled (call under `_cond`)."""
+        return self._counts[0] + self._counts[1]
+
+    def _publish(self) -> None:
+        """Make the inference thread's list sizes visible to the other side (call under `_cond`)."""
+        self._counts = (len(self._prefilling), len(self._running))
+
+    def submit(self, request: Request) -> None:
+        with self._cond:
+            if not self.accepting or not self.alive:
+                raise EngineStoppedError("the server is shutting down")
+            free = self.max_rows - self._busy
+            if len(self._waiting) >= self.max_queue + max(free, 0):
+                self.metrics.rejected.labels("queue_full").inc()
+                raise QueueFullError(f"server overloaded: {len(self._waiting)} requests already waiting")
+            self._waiting.append(request)
+            self.metrics.queue_depth.set(len(self._waiting))
+            self._cond.notify()
+
+    async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[Event]:
+        """Submit a request and yield its events; leaving early (client gone) cancels it."""
+        import asyncio
+
+        request = Request(prompt_ids=prompt_ids, params=params, loop=asyncio.get_running_loop())
+        self.submit(request)
+        try:
+            while True:
+                event = await request.queue.get()
+                yield event
+                if event.finish_reason is not None:
+                    return
+        finally:
+            # Runs on normal end too; cancelling a finished request is a no-op for the engine.
+            request.cancel()
+            with self._cond:
+                self._cond.notify()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is waiting or running (True), or `timeout` passes (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not (self._waiting or self._busy) or not self.alive, timeout)
+
+    def stop_accepting(self) -> None:
+        with self._cond:
+            self.accepting = False
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        with self._cond:
+            self.accepting = False
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.metrics.engine_up.set(0)
+
+    # ---------------------------------------------------------------- inference thread
+
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self._cond:
+                        self._publish()  # what the last iteration left
+                        while not (self._waiting or self._busy or self._stopping):
+                            self._cond.notify_all()  # wakes `wait_idle`
+                            self._cond.wait(timeout=1.0)
+                        if self._stopping and not (self._waiting or self._busy):
+                            return
+                        self._drop_cancelled_waiting()
+                        self._admit()
+                        self._publish()
+                    try:
+                        self._iteration()
+                    except Exception as exc:  # a bad batch must not take the thread down
+                        log.exception("inference step failed")
+                        self._fail_all(f"inference failed: {type(exc).__name__}")
+        except BaseException as exc:
+            self.fatal_error = repr(exc)
+            self.metrics.engine_up.set(0)
+            log.exception("inference thread died")
+            # Nobody will serve these any more: answer them now instead of letting them hang.
+            with self._cond:
+                waiting, self._waiting = list(self._waiting), collections.deque()
+            for request in waiting:
+                request.emit(Event(text="", token_ids=[], finish_reason="error", error="the inference engine stopped"))
+            self._fail_all("the inference engine stopped")
+            with self._cond:
+                self._publish()
+                self._cond.notify_all()
+            raise
+
+    def _drop_cancelled_waiting(self) -> None:
+        if any(r.cancelled for r in self._waiting):
+            kept = [r for r in self._waiting if not r.cancelled]
+            for r in self._waiting:
+                if r.cancelled:
+                    self.metrics.finished.labels("cancelled").inc()
+            self._waiting = collections.deque(kept)
+        self.metrics.queue_depth.set(len(self._waiting))
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._running) + len(self._prefilling) < self.max_rows:
+            request = self._waiting.popleft()
+            tail = request.prompt_ids[-4:]
+            params = request.params
+            stops = params.stop + self.loaded.extra_stop
+            self._prefilling.append(
+                _Sequence(
+                    request=request,
+                    generator=make_generator(params.seed, self.loaded.device),
+                    decoder=IncrementalDecoder(self.tokenizer, tail),
+                    stops=StopMatcher(stops),
+                    history=list(request.prompt_ids),
+                )
+            )
+        self.metrics.queue_depth.set(len(self._waiting))
+
+    def _iteration(self) -> None:
+        self._drop_cancelled_running()
+        self._prefill_step()
+        if self._running:
+            self._decode_step()
+        self.metrics.running.set(len(self._running))
+
+    def _drop_cancelled_running(self) -> None:
+        for seq in [s for s in self._prefilling if s.request.cancelled]:
+            self._prefilling.remove(seq)
+            self.metrics.finished.labels("cancelled").inc()
+        gone = [i for i, s in enumerate(self._running) if s.request.cancelled]
+        if gone:
+            for _i in gone:
+                self.metrics.finished.labels("cancelled").inc()
+            self._remove_rows(gone)
+
+    def _prefill_step(self) -> None:
+        """Spend up to `prefill_chunk` prompt tokens: short prompts together in one padded forward
+        pass, and at most one long (or logprob-hungry) prompt a chunk at a time."""
+        budget = self.prefill_chunk
+        group: list[_Sequence] = []
+        chunked = False
+        for seq in list(self._prefilling):
+            if budget <= 0:
+                break
+            remaining = len(seq.request.prompt_ids) - seq.prefilled
+            whole = seq.prefilled == 0 and remaining <= budget and not seq.request.params.prompt_logprobs
+            if whole:
+                group.append(seq)
+                budget -= remaining
+            elif not chunked:
+                chunked = True
+                budget -= self._prefill_chunk(seq, budget)
+        if group:
+            self._prefill_group(group)
+
+    def _prefill_chunk(self, seq: _Sequence, budget: int) -> int:
+        device = self.loaded.device
+        prompt = seq.request.prompt_ids
+        if seq.prefill_cache is None:
+            seq.prefill_cache = DynamicCache(config=self.model.config)
+        start = seq.prefilled
+        chunk = prompt[start : start + budget]
+        end = start + len(chunk)
+        ids = torch.tensor([chunk], dtype=torch.long, device=device)
+        mask = torch.ones((1, end), dtype=torch.long, device=device)
+        positions = torch.arange(start, end, device=device).unsqueeze(0)
+        want_all = seq.request.params.prompt_logprobs
+        logits = self.loaded.forward(ids, mask, positions, seq.prefill_cache, keep=0 if want_all else 1)[0]
+        if want_all:
+            # Position i predicts prompt token i + 1.
+            targets = prompt[start + 1 : end + 1]
+            if targets:
+                top = seq.request.params.logprobs or 0
+                target_ids = torch.tensor(targets, device=device)
+                seq.prompt_lp.extend(token_logprobs(logits[: len(targets)], target_ids, top))
+        seq.logits = logits[-1:]
+        seq.prefilled = end
+        if end == len(prompt):
+            self._prefilling.remove(seq)
+            self.metrics.prompt_tokens.inc(len(prompt))
+            if seq.request.params.score_only:
+                self._finish_score(seq)
+            else:
+                self._join(seq, seq.prefill_cache, 0)
+        return len(chunk)
+
+    def _prefill_group(self, group: list[_Sequence]) -> None:
+        device = self.loaded.device
+        width = max(len(s.request.prompt_ids) for s in group)
+        pad = self.loaded.pad_token_id
+        rows = [[pad] * (width - len(s.request.prompt_ids)) + s.request.prompt_ids for s in group]
+        ids = torch.tensor(rows, dtype=torch.long, device=device)
+        lengths = torch.tensor([len(s.request.prompt_ids) for s in group], device=device)
+        mask = (torch.arange(width, device=device).unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self.loaded.forward(ids, mask, positions, cache)
+        for i, seq in enumerate(group):
+            self._prefilling.remove(seq)
+            self.metrics.prompt_tokens.inc(len(seq.request.prompt_ids))
+            seq.logits = logits[i]
+            self._join(seq, cache, i)
+
+    def _finish_score(self, seq: _Sequence) -> None:
+        params = seq.request.params
+        scored = seq.prompt_lp[max(params.score_from - 1, 0) :]
+        seq.request.emit(Event(text="", token_ids=[], generated=0, prompt_logprobs=scored, finish_reason="stop"))
+        self.metrics.finished.labels("scored").inc()
+
+    def _join(self, seq: _Sequence, prefill_cache: Any, src_row: int) -> None:
+        """Sample the first token from the prefill logits and move the sequence into the batch."""
+        assert seq.logits is not None
+        params = seq.request.params
+        token = sample_batch(seq.logits, [params], [seq.generator], [seq.history])[0]
+        lp = None
+        if params.logprobs is not None:
+            lp = token_logprobs(seq.logits, torch.tensor([token], device=seq.logits.device), params.logprobs)[0]
+        seq.logits = None
+        seq.prefill_cache = None
+        if self._emit(seq, token, lp):
+            return
+        size = len(seq.request.prompt_ids)
+        cache = self._cache
+        if not self._running:
+            cache.reset(size)
+        elif size > cache.length:
+            grow = size - cache.length
+            cache.shift(grow)
+            for other in self._running:
+                other.start += grow
+        row = len(self._running)
+        cache.insert(row, prefill_cache, src_row, size)
+        seq.start = cache.length - size
+        seq.next_token = token
+        self._running.append(seq)
+
+    def _decode_step(self) -> None:
+        rows = self._running
+        cache = self._cache
+        device = self.loaded.device
+        length = cache.length
+        starts = torch.tensor([s.start for s in rows], device=device)
+        columns = torch.arange(length + 1, device=device)
+        mask = (columns.unsqueeze(0) >= starts.unsqueeze(1)).long()
+        positions = (length - starts).unsqueeze(1)
+        ids = torch.tensor([[s.next_token] for s in rows], dtype=torch.long, device=device)
+        logits = self.loaded.forward(ids, mask, positions, cache)[:, -1, :]
+        cache.advance(1)
+        self.metrics.batch_size.observe(len(rows))
+        tokens = sample_batch(
+            logits,
+            [s.request.params for s in rows],
+            [s.generator for s in rows],
+            [s.history for s in rows],
+        )
+        logprobs: dict[int, TokenLogprob] = {}
+        wanted = [i for i, s in enumerate(rows) if s.request.params.logprobs is not None]
+        if wanted:
+            top = max(rows[i].request.params.logprobs or 0 for i in wanted)
+            index = torch.tensor(wanted, device=device)
+            chosen = torch.tensor([tokens[i] for i in wanted], device=device)
+            for i, lp in zip(wanted, token_logprobs(logits[index], chosen, top), strict=True):
+                own = rows[i].request.params.logprobs or 0
+                logprobs[i] = TokenLogprob(lp.token_id, lp.logprob, lp.top[:own])
+        finished: list[int] = []
+        for i, (seq, token) in enumerate(zip(rows, tokens, strict=True)):
+            if self._emit(seq, token, logprobs.get(i)):
+                finished.append(i)
+            else:
+                seq.next_token = token
+        if finished:
+            self._remove_rows(finished)
+
+    def _emit(self, seq: _Sequence, token: int, logprob: TokenLogprob | None = None) -> bool:
+        """Account for one sampled token and send it; returns True when the sequence is finished."""
+        self._record_timing(seq.request)
+        text, finish = self._advance(seq, token)
+        self._send(seq, token, text, finish, logprob)
+        return finish is not None
+
+    def _record_timing(self, request: Request) -> None:
+        now = time.perf_counter()
+        if request.first_token_at is None:
+            request.first_token_at = now
+            self.metrics.time_to_first_token.observe(now - request.arrived)
+        elif request.last_token_at is not None:
+            self.metrics.inter_token_latency.observe(now - request.last_token_at)
+        request.last_token_at = now
+
+    def _advance(self, seq: _Sequence, token: int) -> tuple[str, FinishReason | None]:
+        """Add `token` to the sequence: the text it releases, and why the sequence ends (None: it goes on).
+        Ends: end-of-sequence, a stop string, `max_tokens`, or the model's context."""
+        request, params = seq.request, seq.request.params
+        if token in self.loaded.eos_token_ids and not params.ignore_eos:
+            finish: FinishReason | None = "stop"
+            text = seq.stops.flush()  # text held back as a possible stop-string prefix is output after all
+        else:
+            request.output_ids.append(token)
+            seq.history.append(token)
+            self.metrics.generated_tokens.inc()
+            text, hit = seq.stops.feed(seq.decoder.push(token))
+            finish = "stop" if hit else self._length_limit(request)
+            if finish == "length":
+                text += seq.stops.flush()
+        if finish is not None:
+            self.metrics.finished.labels(finish).inc()
+        return text, finish
+
+    def _length_limit(self, request: Request) -> FinishReason | None:
+        generated = len(request.output_ids)
+        if generated >= request.params.max_tokens or len(request.prompt_ids) + generated >= self.loaded.max_context:
+            return "length"
+        return None
+
+    def _send(
+        self, seq: _Sequence, token: int, text: str, finish: FinishReason | None, logprob: TokenLogprob | None
+    ) -> None:
+        """Every token is reported, even one whose text is not complete yet (part of a character); the
+        prompt's logprobs go with the first event."""
+        request = seq.request
+        prompt_lp = None
+        if not seq.sent_prompt_logprobs and request.params.prompt_logprobs:
+            seq.sent_prompt_logprobs = True
+            prompt_lp = seq.prompt_lp
+        request.emit(
+            Event(
+                text=text,
+                token_ids=[token],
+                logprobs=[logprob] if logprob is not None else None,
+                prompt_logprobs=prompt_lp,
+                generated=len(request.output_ids),
+                finish_reason=finish,
+            )
+        )
+
+    def _remove_rows(self, indices: list[int]) -> None:
+        cache = self._cache
+        for i in sorted(indices, reverse=True):
+            last = len(self._running) - 1
+            if i != last:
+                cache.move_row(last, i)
+                self._running[i] = self._running[last]
+            self._running.pop()
+            cache.set_rows(len(self._running))
+        if self._running:
+            lead = min(s.start for s in self._running)
+            if lead >= _COMPACT_MIN or (lead and lead * 2 >= cache.length):
+                cache.shift(-lead)
+                for s in self._running:
+                    s.start -= lead
+
+    def _fail_all(self, message: str) -> None:
+        for seq in self._running + self._prefilling:
+            seq.request.emit(Event(text="", token_ids=[], finish_reason="error", error=message))
+            self.metrics.finished.labels("error").inc()
+        self._running.clear()
+        self._prefilling.clear()
+        self._cache = SlotCache(self._num_layers(), self.max_rows)

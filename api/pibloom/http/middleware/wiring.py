@@ -1,0 +1,42 @@
+"""Adds the middleware to an app in the one order that works (see the package docstring)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from ...serving.lifecycle import ModelHost
+from ...settings import Settings
+from ..auth import KeyRing
+from .bodylimit import BodyLimitMiddleware
+from .clients import TrustedProxies
+from .promptlog import PromptLogMiddleware
+from .ratelimit import RateLimitMiddleware, TokenBuckets
+from .requestid import RequestIdMiddleware
+from .watchdog import EngineWatchdogMiddleware
+
+
+def install_middleware(app: FastAPI, settings: Settings, host: ModelHost, api_keys: KeyRing) -> None:
+    trusted = TrustedProxies(settings.trusted_proxies)
+    # Starlette runs the middleware added last first, so this list is written innermost first.
+    if settings.log_prompts:
+        app.add_middleware(PromptLogMiddleware)
+    app.add_middleware(EngineWatchdogMiddleware, host=host)
+    spec = settings.rate_limit_spec()
+    if spec is not None:
+        count, seconds = spec
+        buckets = TokenBuckets(count / seconds, settings.rate_limit_burst or count)
+        app.add_middleware(
+            RateLimitMiddleware, buckets=buckets, trusted=trusted, api_keys=api_keys, metrics=host.metrics
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        # Outside the limits, so a browser can read their 413 / 429 answers.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestIdMiddleware, trusted=trusted, access=settings.access_log, metrics=host.metrics)

@@ -1,0 +1,1 @@
+"""Thin routers, one module per endpoint family: parse the body, call one `Service` method, render."""

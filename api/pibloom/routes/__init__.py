@@ -1,1 +1,0 @@
-"""Thin routers: piBLOOM's /chat/, the OpenAI /v1 API, health probes and metrics."""

@@ -1,0 +1,97 @@
+"""4-bit weights: exact on weights that are already 4-bit, bounded error otherwise, and the engine's
+output stays equal to transformers' `generate` on the same quantised model."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+from test_scheduler import PROMPTS, greedy, ids, reference, run
+from torch import nn
+
+from pibloom.engine.loader import LoadedModel, load_model
+from pibloom.engine.quantize import GROUP, Int4Linear, quantize_int4
+from pibloom.engine.scheduler import Engine
+from pibloom.settings import Settings
+
+
+def q4_1_weight(rows: int, columns: int, seed: int = 0) -> torch.Tensor:
+    """A weight as a Q4_1 GGUF stores it: per 32 weights, levels 0..15 times a scale plus a minimum,
+    with the quantiser's choice of scale = (max - min) / 15, so levels 0 and 15 both occur."""
+    g = torch.Generator().manual_seed(seed)
+    levels = torch.randint(0, 16, (rows, columns // GROUP, GROUP), generator=g)
+    levels[..., 0], levels[..., 1] = 0, 15
+    scale = torch.rand(rows, columns // GROUP, 1, generator=g) * 0.05 + 0.01
+    minimum = torch.randn(rows, columns // GROUP, 1, generator=g) * 0.1
+    return (levels * scale + minimum).reshape(rows, columns)
+
+
+def linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+def test_weights_already_on_a_4_bit_grid_come_back_exactly() -> None:
+    weight = q4_1_weight(128, 256)
+    x = torch.randn(5, 256)
+    quantised = Int4Linear.from_linear(linear(weight))
+    assert torch.allclose(quantised(x), x @ weight.T, atol=1e-4)
+
+
+def test_rounding_error_is_at_most_half_a_level() -> None:
+    weight = torch.randn(64, 128)
+    levels, scales_zeros = quantize_int4(weight)
+    scale = scales_zeros[..., 0].T.repeat_interleave(GROUP, dim=1)
+    zero = scales_zeros[..., 1].T.repeat_interleave(GROUP, dim=1)
+    restored = (levels - 8) * scale + zero
+    assert ((restored - weight).abs() <= scale / 2 + 1e-6).all()
+    # And the kernel computes with exactly those values.
+    x = torch.randn(3, 128)
+    assert torch.allclose(Int4Linear.from_linear(linear(weight))(x), x @ restored.T, atol=1e-4)
+
+
+def test_a_row_gets_the_same_result_alone_and_in_a_batch() -> None:
+    layer = Int4Linear.from_linear(linear(torch.randn(192, 128), torch.randn(192)))
+    x = torch.randn(32, 128).bfloat16()
+    layer = layer.to(torch.bfloat16)
+    together = layer(x)
+    alone = torch.cat([layer(x[i : i + 1]) for i in range(32)])
+    assert torch.equal(together, alone)
+
+
+@pytest.fixture(scope="module", params=["bloom", "llama"])
+def int4_model(request: pytest.FixtureRequest) -> LoadedModel:
+    settings: Settings = request.getfixturevalue("tiny_settings" if request.param == "bloom" else "tiny_llama_settings")
+    loaded = load_model(settings.model_copy(update={"quantize": "int4"}))
+    assert loaded.int4
+    quantised = [m for m in loaded.model.modules() if isinstance(m, Int4Linear)]
+    dense = [m for m in loaded.model.modules() if isinstance(m, nn.Linear)]
+    assert quantised and dense == [loaded.model.get_output_embeddings()]  # everything but the output layer
+    return loaded
+
+
+async def test_int4_greedy_output_matches_generate_and_is_batch_invariant(int4_model: LoadedModel) -> None:
+    engine = Engine(int4_model, max_batch_size=8, max_queue=8, prefill_chunk=16)
+    engine.start()
+    try:
+        prompts = [ids(int4_model, p) for p in PROMPTS]
+        together = await asyncio.gather(*(run(engine, p, greedy(20)) for p in prompts))
+        assert [t[0] for t in together] == [reference(int4_model, p, 20) for p in prompts]
+    finally:
+        engine.shutdown(10)
+
+
+def test_dense_by_default_and_int4_only_on_the_cpu(tiny_llama: LoadedModel, tiny_llama_settings: Settings) -> None:
+    from pibloom.engine.loader import ModelLoadError, wants_int4
+
+    assert not tiny_llama.int4
+    int4 = tiny_llama_settings.model_copy(update={"quantize": "int4"})
+    assert wants_int4(int4, torch.device("cpu"))
+    assert not wants_int4(tiny_llama_settings, torch.device("cuda"))
+    with pytest.raises(ModelLoadError, match="needs the CPU"):
+        wants_int4(int4, torch.device("cuda"))

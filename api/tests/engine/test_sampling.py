@@ -1,0 +1,88 @@
+"""Per-row sampling: penalties, top-k / top-p filtering, seeds, greedy rows, and logprobs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pibloom.engine.request import SamplingParams
+from pibloom.engine.sampling import (
+    apply_repetition_penalty,
+    filter_top_k_top_p,
+    make_generator,
+    sample_batch,
+    sample_row,
+    token_logprobs,
+)
+
+CPU = torch.device("cpu")
+
+
+def test_repetition_penalty_pushes_seen_tokens_down_whatever_their_sign() -> None:
+    logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
+    out = apply_repetition_penalty(logits, torch.tensor([0, 1]), 2.0)
+    assert out.tolist() == [1.0, -4.0, 1.0, 0.5]
+    assert logits.tolist() == [2.0, -2.0, 1.0, 0.5]  # the input is not modified
+
+
+def test_top_k_keeps_exactly_the_k_best() -> None:
+    logits = torch.tensor([0.1, 3.0, 2.0, -1.0, 2.5])
+    kept = torch.isfinite(filter_top_k_top_p(logits, 3, 1.0)).nonzero().flatten().tolist()
+    assert sorted(kept) == [1, 2, 4]
+
+
+def test_top_p_keeps_the_smallest_prefix_reaching_the_mass() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log()
+    kept = torch.isfinite(filter_top_k_top_p(logits, 0, 0.8)).nonzero().flatten().tolist()
+    assert kept == [0, 1]
+    # The most likely token always stays, however small top_p is.
+    assert torch.isfinite(filter_top_k_top_p(logits, 0, 0.01)).nonzero().flatten().tolist() == [0]
+
+
+def test_greedy_is_the_argmax_even_with_a_generator() -> None:
+    logits = torch.tensor([0.1, 0.2, 5.0, 0.3])
+    params = SamplingParams(temperature=0.0)
+    assert sample_row(logits, params, make_generator(None, CPU), []) == 2
+
+
+def test_same_seed_same_choices_and_different_seeds_differ() -> None:
+    logits = torch.zeros(50)  # uniform: every draw is the generator's
+    params = SamplingParams(temperature=1.0, seed=7)
+
+    def draws(seed: int) -> list[int]:
+        generator = make_generator(seed, CPU)
+        return [sample_row(logits, params, generator, []) for _ in range(20)]
+
+    assert draws(7) == draws(7)
+    assert draws(7) != draws(8)
+
+
+def test_sampling_never_picks_a_filtered_token() -> None:
+    logits = torch.tensor([1.0, 1.0, 1.0, 1.0, 9.0, 9.0])
+    params = SamplingParams(temperature=1.0, top_k=2)
+    generator = make_generator(0, CPU)
+    assert {sample_row(logits, params, generator, []) for _ in range(100)} == {4, 5}
+
+
+def test_a_batch_mixes_greedy_penalised_and_sampled_rows() -> None:
+    logits = torch.tensor([[0.0, 3.0, 2.9], [0.0, 3.0, 2.9], [0.0, 3.0, 2.9]])
+    params = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.0, repetition_penalty=2.0),  # token 1 was seen: 1.5 < 2.9
+        SamplingParams(temperature=1.0, top_k=1),  # top_k=1 is greedy
+    ]
+    generators = [make_generator(0, CPU) for _ in params]
+    assert sample_batch(logits, params, generators, [[], [1], []]) == [1, 2, 1]
+
+
+def test_token_logprobs_are_log_softmax_with_the_best_alternatives() -> None:
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    result = token_logprobs(logits, torch.tensor([0, 2]), top=2)
+    expected = torch.log_softmax(logits, dim=-1)
+    assert result[0].token_id == 0
+    assert math.isclose(result[0].logprob, float(expected[0, 0]), rel_tol=1e-6)
+    assert [token for token, _ in result[0].top] == [2, 1]
+    assert math.isclose(result[1].logprob, math.log(1 / 3), rel_tol=1e-6)
+    assert token_logprobs(logits, torch.tensor([0, 2]), top=0)[0].top == ()

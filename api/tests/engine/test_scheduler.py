@@ -1,0 +1,210 @@
+"""The engine on tiny BLOOM and Llama models: batching must not change results, and slots must be freed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import torch
+
+from pibloom.engine.loader import LoadedModel
+from pibloom.engine.request import Event, SamplingParams
+from pibloom.engine.scheduler import Engine, QueueFullError
+
+from support import wait_for
+
+PROMPTS = [
+    "Hello",
+    "The quick brown fox jumps over the lazy dog.",
+    "Raspberry Pi clusters",
+    "Numbers 0 1 2 3 4 5 6 7 8 9 and symbols {} [] () <> : ; , . ! ?",
+    "piBLOOM",
+]
+
+
+@pytest.fixture(params=["bloom", "llama"])
+def model(request: pytest.FixtureRequest) -> LoadedModel:
+    """Every engine test runs on transformers' forward (BLOOM) and on piBLOOM's lean pass (Llama)."""
+    loaded: LoadedModel = request.getfixturevalue("tiny_loaded" if request.param == "bloom" else "tiny_llama")
+    assert loaded.lean == (request.param == "llama")
+    return loaded
+
+
+@pytest.fixture
+def engine(model: LoadedModel) -> Iterator[Engine]:
+    eng = Engine(model, max_batch_size=8, max_queue=8, prefill_chunk=16)
+    eng.start()
+    yield eng
+    eng.shutdown(10)
+
+
+def ids(loaded: LoadedModel, text: str) -> list[int]:
+    return list(loaded.tokenizer(text)["input_ids"])
+
+
+def greedy(n: int = 24, **kw: object) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, **kw)  # type: ignore[arg-type]
+
+
+async def run(engine: Engine, prompt: list[int], params: SamplingParams) -> tuple[list[int], str, str]:
+    tokens: list[int] = []
+    text: list[str] = []
+    reason = ""
+    async for event in engine.stream(prompt, params):
+        tokens.extend(event.token_ids)
+        text.append(event.text)
+        reason = event.finish_reason or reason
+    return tokens, "".join(text), reason
+
+
+def reference(loaded: LoadedModel, prompt: list[int], n: int) -> list[int]:
+    """transformers' own greedy `generate`, the output every optimisation must reproduce."""
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+        )
+    return out[0, len(prompt) :].tolist()
+
+
+async def test_greedy_matches_transformers_generate(engine: Engine, model: LoadedModel) -> None:
+    for text in PROMPTS[:3]:
+        prompt = ids(model, text)
+        tokens, _, reason = await run(engine, prompt, greedy(20))
+        assert tokens == reference(model, prompt, 20)
+        assert reason == "length"
+
+
+async def test_greedy_output_is_the_same_alone_and_in_a_batch(engine: Engine, model: LoadedModel) -> None:
+    prompts = [ids(model, p) for p in PROMPTS]
+    alone = [await run(engine, p, greedy(24 + 3 * i)) for i, p in enumerate(prompts)]
+    together = await asyncio.gather(*(run(engine, p, greedy(24 + 3 * i)) for i, p in enumerate(prompts)))
+    assert [t[0] for t in together] == [a[0] for a in alone]
+    assert [t[1] for t in together] == [a[1] for a in alone]
+
+
+async def test_requests_join_and_leave_a_running_batch(engine: Engine, model: LoadedModel) -> None:
+    """Late arrivals join mid-generation (and are longer or shorter than the rows already running)."""
+    prompts = [ids(model, p) for p in PROMPTS]
+    alone = [(await run(engine, p, greedy(40)))[0] for p in prompts]
+    started = asyncio.Event()
+    results: dict[int, list[int]] = {}
+
+    async def first() -> None:
+        tokens: list[int] = []
+        async for event in engine.stream(prompts[0], greedy(40)):
+            tokens.extend(event.token_ids)
+            if len(tokens) == 5:
+                started.set()
+        results[0] = tokens
+
+    async def later(i: int) -> None:
+        await started.wait()
+        results[i] = (await run(engine, prompts[i], greedy(40)))[0]
+
+    await asyncio.gather(first(), *(later(i) for i in range(1, len(prompts))))
+    assert [results[i] for i in range(len(prompts))] == alone
+
+
+async def test_batch_with_many_joins_stays_consistent(engine: Engine, model: LoadedModel) -> None:
+    """More requests than slots: queueing, joining, compaction and row moves all exercised."""
+    prompts = [ids(model, PROMPTS[i % len(PROMPTS)]) for i in range(14)]
+    lengths = [5 + (i * 7) % 30 for i in range(14)]
+    expected = [reference(model, p, n) for p, n in zip(prompts, lengths, strict=True)]
+    got = await asyncio.gather(*(run(engine, p, greedy(n)) for p, n in zip(prompts, lengths, strict=True)))
+    assert [g[0] for g in got] == expected
+
+
+async def test_same_seed_same_output_and_different_seed_differs(engine: Engine, model: LoadedModel) -> None:
+    prompt = ids(model, "Hello")
+    params = {"max_tokens": 30, "temperature": 1.0, "ignore_eos": True}
+    a = await run(engine, prompt, SamplingParams(seed=7, **params))  # type: ignore[arg-type]
+    b = await run(engine, prompt, SamplingParams(seed=7, **params))  # type: ignore[arg-type]
+    c = await run(engine, prompt, SamplingParams(seed=8, **params))  # type: ignore[arg-type]
+    assert a[0] == b[0]
+    assert a[0] != c[0]
+
+
+async def test_sampling_parameters_take_effect(engine: Engine, model: LoadedModel) -> None:
+    prompt = ids(model, "The quick brown fox")
+    plain = (await run(engine, prompt, greedy(30)))[0]
+    top_k_one = await run(engine, prompt, SamplingParams(max_tokens=30, top_k=1, seed=3, ignore_eos=True))
+    assert top_k_one[0] == plain  # top_k=1 is greedy whatever the temperature
+    penalised = (await run(engine, prompt, greedy(30, repetition_penalty=5.0)))[0]
+    assert penalised != plain
+    # A strong penalty makes repeats rarer than in the unpenalised greedy output.
+    assert len(set(penalised)) >= len(set(plain))
+    narrow = [
+        (await run(engine, prompt, SamplingParams(max_tokens=12, top_p=1e-6, seed=s, ignore_eos=True)))[0]
+        for s in range(3)
+    ]
+    assert all(n == plain[:12] for n in narrow)  # a tiny nucleus keeps only the top token
+
+
+async def test_stop_string_truncates_and_finishes(engine: Engine, model: LoadedModel) -> None:
+    prompt = ids(model, "Hello")
+    _, full, _ = await run(engine, prompt, greedy(40))
+    visible = full.strip()
+    assert len(visible) > 8
+    stop = visible[len(visible) // 2 : len(visible) // 2 + 2]
+    cut = full.index(stop)
+    _tokens, text, reason = await run(engine, prompt, greedy(40, stop=(stop,)))
+    assert reason == "stop"
+    assert text == full[:cut]
+    assert stop not in text
+
+
+async def test_max_tokens_and_eos(engine: Engine, model: LoadedModel) -> None:
+    prompt = ids(model, "Hello")
+    tokens, _, reason = await run(engine, prompt, greedy(7))
+    assert (len(tokens), reason) == (7, "length")
+
+
+async def test_disconnected_request_is_cancelled_and_its_slot_freed(engine: Engine, model: LoadedModel) -> None:
+    prompt = ids(model, "Hello")
+    stream: AsyncIterator[Event] = engine.stream(prompt, greedy(10_000))
+    for _ in range(3):
+        await anext(stream)
+    await asyncio.to_thread(wait_for, lambda: engine.load()["running"] == 1, 20.0, "the request to run")
+    await stream.aclose()  # what a client disconnect does
+    wait_for(lambda: engine.load()["running"] == 0, what="the slot to be freed")
+    cancelled = engine.metrics.registry.get_sample_value("pibloom_sequences_finished_total", {"reason": "cancelled"})
+    assert cancelled == 1
+    # The engine serves normally afterwards.
+    tokens, _, _ = await run(engine, prompt, greedy(5))
+    assert tokens == reference(model, prompt, 5)
+
+
+async def test_bounded_queue_rejects_at_once(model: LoadedModel) -> None:
+    engine = Engine(model, max_batch_size=1, max_queue=1)
+    engine.start()
+    try:
+        prompt = ids(model, "Hello")
+        running = engine.stream(prompt, greedy(10_000))
+        await anext(running)  # occupies the only slot
+        waiting = asyncio.ensure_future(run(engine, prompt, greedy(3)))
+        await asyncio.to_thread(wait_for, lambda: engine.load()["waiting"] == 1)
+        with pytest.raises(QueueFullError):
+            await anext(engine.stream(prompt, greedy(3)))
+        await running.aclose()
+        tokens, _, _ = await waiting  # the queued request is served once the slot frees
+        assert len(tokens) == 3
+    finally:
+        engine.shutdown(10)
+
+
+async def test_unbatched_engine_serves_one_at_a_time(model: LoadedModel) -> None:
+    engine = Engine(model, max_batch_size=8, batching=False)
+    engine.start()
+    try:
+        prompts = [ids(model, p) for p in PROMPTS[:3]]
+        got = await asyncio.gather(*(run(engine, p, greedy(10)) for p in prompts))
+        assert [g[0] for g in got] == [reference(model, p, 10) for p in prompts]
+        registry = engine.metrics.registry
+        steps = registry.get_sample_value("pibloom_batch_size_count")
+        assert steps and registry.get_sample_value("pibloom_batch_size_sum") == steps  # every step had 1 row
+    finally:
+        engine.shutdown(10)
