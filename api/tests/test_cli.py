@@ -108,13 +108,15 @@ def test_openmp_threads_wait_passively_unless_spinning_is_asked_for() -> None:
 @pytest.mark.parametrize(("spin", "count"), [("true", "10000"), ("false", "0")])
 def test_the_wait_policy_reaches_openmp_before_torch_loads(spin: str, count: str) -> None:
     """libgomp reads its environment once, when torch loads it: `pibloom serve` must set it before
-    importing the server (which imports torch), and importing the CLI must not load torch."""
+    the worker imports the app (which imports torch); neither the CLI nor the gunicorn master loads torch."""
     script = (
         "import os, sys\n"
         "from pibloom import cli\n"
         "assert 'torch' not in sys.modules\n"
         "cli.openmp.configure(cli.Settings(), os.environ)\n"
         "import pibloom.http.server\n"
+        "assert 'torch' not in sys.modules  # the gunicorn master stays small\n"
+        "import pibloom.http.app\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env |= {"OMP_DISPLAY_ENV": "verbose", "PIBLOOM_OMP_SPIN": spin, "OMP_WAIT_POLICY": "PASSIVE"}

@@ -14,7 +14,7 @@ from ..serving.service import Service
 from ..settings import Settings
 from .auth import KeyRing
 from .errors import install_error_handlers
-from .middleware import install_middleware
+from .middleware.wiring import install_middleware
 from .openapi import document_errors
 from .routes import chat, chat_completions, completions, health, metrics, models, scoring, tokenize
 

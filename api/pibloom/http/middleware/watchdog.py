@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...serving.errors import unavailable
-from ...serving.lifecycle import ModelHost
 from ..paths import is_operational
 from ..sse import closing_bytes
 from .responses import send_error
+
+if TYPE_CHECKING:  # the engine side imports torch: not at import time
+    from ...serving.lifecycle import ModelHost
 
 _MESSAGE = "the inference engine stopped; retry on another replica"
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from ...serving.lifecycle import ModelHost
 from ...settings import Settings
 from ..auth import KeyRing
 from .bodylimit import BodyLimitMiddleware
@@ -14,6 +15,9 @@ from .promptlog import PromptLogMiddleware
 from .ratelimit import RateLimitMiddleware, TokenBuckets
 from .requestid import RequestIdMiddleware
 from .watchdog import EngineWatchdogMiddleware
+
+if TYPE_CHECKING:  # the engine side imports torch: not at import time
+    from ...serving.lifecycle import ModelHost
 
 
 def install_middleware(app: FastAPI, settings: Settings, host: ModelHost, api_keys: KeyRing) -> None:
