@@ -45,3 +45,15 @@ class Metrics:
         )
         self.engine_up = Gauge("pibloom_engine_up", "1 while the inference thread is alive.", registry=r)
         self.ready = Gauge("pibloom_ready", "1 while the model is loaded and not draining.", registry=r)
+        # Prefix caching, counted in tokens as vLLM's prefix_cache_queries / prefix_cache_hits are.
+        self.prefix_cache_queries = Counter(
+            "pibloom_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", registry=r
+        )
+        self.prefix_cache_hits = Counter(
+            "pibloom_prefix_cache_hits", "Prompt tokens found in the prefix cache (not prefilled again).", registry=r
+        )
+        self.prefix_cache_bytes = Gauge(
+            "pibloom_prefix_cache_bytes",
+            "Memory held by cached prefixes (bounded by PIBLOOM_PREFIX_CACHE_MB).",
+            registry=r,
+        )

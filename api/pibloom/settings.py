@@ -92,6 +92,12 @@ class Settings(BaseSettings):
         256, ge=16, description="Prompt tokens processed per step, so a long prompt does not stall streams."
     )
     batching: bool = Field(True, description="Continuous batching; off serves one request at a time.")
+    prefix_cache_mb: int = Field(
+        256,
+        ge=0,
+        description="Memory for automatic prefix caching: finished sequences' KV caches, reused by requests "
+        "that start with the same tokens (a chat's next turn), evicted least recently used; 0: off.",
+    )
     lean_forward: bool = Field(
         True,
         description="piBLOOM's own forward pass for Llama-family models (Llama, SmolLM, Mistral, Qwen2): "

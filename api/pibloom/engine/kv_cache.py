@@ -87,6 +87,14 @@ class SlotCache(Cache):
         """Empty the batch; the next row to join is right-aligned at `length` columns."""
         self.state.rows, self.state.length = 0, length
 
+    def row_kv(self, row: int, start: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Copies of one row's keys and values from column `start` to the length, per layer
+        ([heads, columns, dim]): what the prefix cache keeps of a finished sequence."""
+        end = self.state.length
+        keys = [layer.keys[row, :, start:end].clone() for layer in self.layers]
+        values = [layer.values[row, :, start:end].clone() for layer in self.layers]
+        return keys, values
+
     def buffers(self, layer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the first `rows` rows of `layer` over the buffers' whole capacity (contiguous,
         unlike their first `length` columns); columns past the length must be masked like padding."""

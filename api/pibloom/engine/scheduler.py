@@ -30,6 +30,7 @@ from ..metrics import Metrics
 from .detokenizer import IncrementalDecoder, StopMatcher
 from .kv_cache import SlotCache
 from .loader import LoadedModel
+from .prefix_cache import PrefixCache, PrefixHit
 from .request import Event, FinishReason, Request, SamplingParams, TokenLogprob
 from .sampling import make_generator, sample_batch, token_logprobs
 
@@ -61,6 +62,7 @@ class _Sequence:
     logits: torch.Tensor | None = field(default=None, repr=False)
     prompt_lp: list[TokenLogprob] = field(default_factory=list)
     sent_prompt_logprobs: bool = False
+    looked_up: bool = False  # the prefix cache was asked once, before the first prefill
 
 
 class Engine:
@@ -73,6 +75,7 @@ class Engine:
         prefill_chunk: int = 256,
         batching: bool = True,
         metrics: Metrics | None = None,
+        prefix_cache_bytes: int = 0,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -81,6 +84,7 @@ class Engine:
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
         self.metrics = metrics or Metrics()
+        self.prefix_cache = PrefixCache(prefix_cache_bytes, metrics=self.metrics)
         self._cond = threading.Condition()
         self._waiting: collections.deque[Request] = collections.deque()
         self._prefilling: list[_Sequence] = []
@@ -272,6 +276,8 @@ class Engine:
         for seq in list(self._prefilling):
             if budget <= 0:
                 break
+            if not seq.looked_up:
+                self._reuse_prefix(seq)
             remaining = len(seq.request.prompt_ids) - seq.prefilled
             whole = seq.prefilled == 0 and remaining <= budget and not seq.request.params.prompt_logprobs
             if whole:
@@ -282,6 +288,32 @@ class Engine:
                 budget -= self._prefill_chunk(seq, budget)
         if group:
             self._prefill_group(group)
+
+    def _reuse_prefix(self, seq: _Sequence) -> None:
+        """Start the prefill where a cached prefix ends (the rest goes the chunked way)."""
+        seq.looked_up = True
+        params = seq.request.params
+        if not self.prefix_cache.enabled or params.prompt_logprobs:
+            return
+        hit = self.prefix_cache.lookup(seq.request.prompt_ids)
+        if hit is not None:
+            seq.prefill_cache = self._seeded_cache(hit)
+            seq.prefilled = hit.length
+
+    def _seeded_cache(self, hit: PrefixHit) -> DynamicCache:
+        cache = DynamicCache(config=self.model.config)
+        n = hit.length
+        for layer, (keys, values) in enumerate(zip(hit.entry.keys, hit.entry.values, strict=True)):
+            cache.update(keys[None, :, :n], values[None, :, :n], layer)
+        return cache
+
+    def _keep_prefix(self, seq: _Sequence, row: int) -> None:
+        """Offer a sequence that leaves the batch to the prefix cache: its prompt and the reply so far."""
+        if not self.prefix_cache.enabled or seq.request.params.score_only:
+            return
+        columns = self._cache.length - seq.start
+        keys, values = self._cache.row_kv(row, seq.start)
+        self.prefix_cache.store(seq.history[:columns], keys, values)
 
     def _prefill_chunk(self, seq: _Sequence, budget: int) -> int:
         device = self.loaded.device
@@ -465,6 +497,8 @@ class Engine:
 
     def _remove_rows(self, indices: list[int]) -> None:
         cache = self._cache
+        for i in indices:
+            self._keep_prefix(self._running[i], i)
         for i in sorted(indices, reverse=True):
             last = len(self._running) - 1
             if i != last:
@@ -486,3 +520,4 @@ class Engine:
         self._running.clear()
         self._prefilling.clear()
         self._cache = SlotCache(self._num_layers(), self.max_rows)
+        self.prefix_cache.clear()  # whatever broke the step may have left it inconsistent

@@ -84,6 +84,7 @@ class ModelHost:
             prefill_chunk=s.prefill_chunk,
             batching=s.batching,
             metrics=self.metrics,
+            prefix_cache_bytes=s.prefix_cache_mb * 2**20,
         )
 
     def _attached(self, engine: Engine) -> None:

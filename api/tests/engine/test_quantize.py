@@ -7,13 +7,14 @@ import asyncio
 
 import pytest
 import torch
-from test_scheduler import PROMPTS, greedy, ids, reference, run
 from torch import nn
 
 from pibloom.engine.loader import LoadedModel, load_model
 from pibloom.engine.quantize import GROUP, Int4Linear, quantize_int4
 from pibloom.engine.scheduler import Engine
 from pibloom.settings import Settings
+
+from generation import PROMPTS, greedy, ids, reference, run
 
 
 def q4_1_weight(rows: int, columns: int, seed: int = 0) -> torch.Tensor:

@@ -1,0 +1,48 @@
+"""Helpers of the engine tests: prompts, greedy parameters, running a request, transformers' reference."""
+
+from __future__ import annotations
+
+import torch
+
+from pibloom.engine.loader import LoadedModel
+from pibloom.engine.request import SamplingParams
+from pibloom.engine.scheduler import Engine
+
+PROMPTS = [
+    "Hello",
+    "The quick brown fox jumps over the lazy dog.",
+    "Raspberry Pi clusters",
+    "Numbers 0 1 2 3 4 5 6 7 8 9 and symbols {} [] () <> : ; , . ! ?",
+    "piBLOOM",
+]
+
+
+def ids(loaded: LoadedModel, text: str) -> list[int]:
+    return list(loaded.tokenizer(text)["input_ids"])
+
+
+def greedy(n: int = 24, **kw: object) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, **kw)  # type: ignore[arg-type]
+
+
+async def run(engine: Engine, prompt: list[int], params: SamplingParams) -> tuple[list[int], str, str]:
+    tokens: list[int] = []
+    text: list[str] = []
+    reason = ""
+    async for event in engine.stream(prompt, params):
+        tokens.extend(event.token_ids)
+        text.append(event.text)
+        reason = event.finish_reason or reason
+    return tokens, "".join(text), reason
+
+
+def reference(loaded: LoadedModel, prompt: list[int], n: int) -> list[int]:
+    """transformers' own greedy `generate`, the output every optimisation must reproduce."""
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+        )
+    return out[0, len(prompt) :].tolist()
