@@ -1,22 +1,35 @@
-"""A preallocated, slot-based KV cache for continuous batching over Hugging Face models.
+"""Preallocated, slot-based KV caches for continuous batching over Hugging Face models.
 
-All running sequences share one column index (the batch is left-padded and the padding masked), so the
-model sees an ordinary cache of `length` columns and builds its masks and positions as usual. Unlike
-`DynamicCache`, which concatenates a new tensor at every step (copying the whole cache each token),
-this writes one column in place into buffers that grow by doubling. Rows join after a separate
-prefill and leave by moving the last row into their place, so the batch stays dense.
+A `SlotCache` is one *lane*: its rows share one column index (left-padded, the padding masked), so
+the model sees an ordinary cache of `length` columns and builds its masks and positions as usual.
+Unlike `DynamicCache`, which concatenates a new tensor at every step (copying the whole cache each
+token), it writes one column in place into buffers that grow by doubling, in rows and in columns,
+and shrink again when what they hold falls well below their size. Rows join after a separate prefill
+and leave by moving the lane's last row into their place, so a lane stays dense.
+
+Rows of very different lengths go to different lanes (`LaneGroup` decodes several in one step), so
+one long conversation neither pads every short one to its length nor makes them attend over it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+MIN_COLUMNS = 128
+MIN_ROWS = 4
+
+
+def _round_up(n: int, floor: int) -> int:
+    """The next power of two at or above `n`, at least `floor`."""
+    return max(floor, 1 << max(n - 1, 0).bit_length())
+
 
 class _State:
-    """Shared by every layer: how many rows and columns are live."""
+    """Shared by every layer of a lane: how many rows and columns are live."""
 
     def __init__(self) -> None:
         self.rows = 0
@@ -29,25 +42,41 @@ class SlotLayer(DynamicLayer):
         self.state = state
         self.max_rows = max_rows
         self.capacity = 0
+        self.row_capacity = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
-        self._allocate(key_states.shape[1], key_states.shape[-1], value_states.shape[-1], 128)
+        self.heads, self.key_dim, self.value_dim = key_states.shape[1], key_states.shape[-1], value_states.shape[-1]
         self.is_initialized = True
 
-    def _allocate(self, heads: int, key_dim: int, value_dim: int, capacity: int) -> None:
-        shape = (self.max_rows, heads, capacity)
-        keys = torch.zeros((*shape, key_dim), dtype=self.dtype, device=self.device)
-        values = torch.zeros((*shape, value_dim), dtype=self.dtype, device=self.device)
+    def _allocate(self, rows: int, columns: int) -> None:
+        keys = torch.zeros((rows, self.heads, columns, self.key_dim), dtype=self.dtype, device=self.device)
+        values = torch.zeros((rows, self.heads, columns, self.value_dim), dtype=self.dtype, device=self.device)
         if self.keys is not None and self.capacity:
-            keys[:, :, : self.capacity] = self.keys
-            values[:, :, : self.capacity] = self.values
-        self.keys, self.values, self.capacity = keys, values, capacity
+            r, c = min(rows, self.row_capacity), min(columns, self.capacity)
+            keys[:r, :, :c] = self.keys[:r, :, :c]
+            values[:r, :, :c] = self.values[:r, :, :c]
+        self.keys, self.values, self.capacity, self.row_capacity = keys, values, columns, rows
 
-    def reserve(self, columns: int) -> None:
-        if columns > self.capacity:
-            capacity = max(columns, self.capacity * 2)
-            self._allocate(self.keys.shape[1], self.keys.shape[-1], self.values.shape[-1], capacity)
+    def reserve(self, columns: int, rows: int = 0) -> None:
+        if columns <= self.capacity and rows <= self.row_capacity:
+            return
+        new_columns = self.capacity if columns <= self.capacity else max(columns, self.capacity * 2, MIN_COLUMNS)
+        new_rows = self.row_capacity
+        if rows > self.row_capacity:
+            new_rows = min(self.max_rows, max(rows, self.row_capacity * 2, MIN_ROWS))
+        self._allocate(new_rows, new_columns)
+
+    def fit(self) -> None:
+        """Give memory back once the lane holds less than a quarter of its buffers (in rows or columns):
+        decode attention reads the whole capacity, so a long row that left would slow every step."""
+        if not self.is_initialized or not self.capacity:
+            return
+        rows, columns = self.state.rows, self.state.length + 1
+        want_rows = min(self.max_rows, _round_up(rows, MIN_ROWS))
+        want_columns = _round_up(columns, MIN_COLUMNS)
+        if self.row_capacity > 2 * want_rows or self.capacity > 2 * want_columns:
+            self._allocate(min(self.row_capacity, want_rows), min(self.capacity, want_columns))
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -56,7 +85,7 @@ class SlotLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         rows, start = key_states.shape[0], self.state.length
         end = start + key_states.shape[-2]
-        self.reserve(end)
+        self.reserve(end, rows)
         self.keys[:rows, :, start:end] = key_states
         self.values[:rows, :, start:end] = value_states
         return self.keys[:rows, :, :end], self.values[:rows, :, :end]
@@ -67,9 +96,15 @@ class SlotLayer(DynamicLayer):
     def get_max_length(self) -> int:
         return -1
 
+    @property
+    def nbytes(self) -> int:
+        if not self.capacity:
+            return 0
+        return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+
 
 class SlotCache(Cache):
-    """The batch cache. The engine calls `advance` after every forward pass over it."""
+    """One lane of the batch cache. The engine calls `advance` after every forward pass over it."""
 
     def __init__(self, num_layers: int, max_rows: int) -> None:
         self.state = _State()
@@ -83,9 +118,19 @@ class SlotCache(Cache):
     def rows(self) -> int:
         return self.state.rows
 
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)
+
     def reset(self, length: int) -> None:
-        """Empty the batch; the next row to join is right-aligned at `length` columns."""
+        """Empty the lane; the next row to join is right-aligned at `length` columns."""
         self.state.rows, self.state.length = 0, length
+
+    def buffers(self, layer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the first `rows` rows of `layer` over the buffers' whole capacity (contiguous,
+        unlike their first `length` columns); columns past the length must be masked like padding."""
+        slot = self.layers[layer]
+        return slot.keys[:rows], slot.values[:rows]
 
     def row_kv(self, row: int, start: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Copies of one row's keys and values from column `start` to the length, per layer
@@ -95,23 +140,17 @@ class SlotCache(Cache):
         values = [layer.values[row, :, start:end].clone() for layer in self.layers]
         return keys, values
 
-    def buffers(self, layer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the first `rows` rows of `layer` over the buffers' whole capacity (contiguous,
-        unlike their first `length` columns); columns past the length must be masked like padding."""
-        slot = self.layers[layer]
-        return slot.keys[:rows], slot.values[:rows]
-
     def advance(self, columns: int) -> None:
         self.state.length += columns
 
     def insert(self, row: int, prefill: Cache, src_row: int, size: int) -> None:
         """Copy the last `size` columns of `src_row` of a prefill cache into `row`, right-aligned at
-        the current length (the caller shifts the batch first when the prompt is longer)."""
+        the current length (the caller shifts the lane first when the prompt is longer)."""
         length = self.state.length
         for layer, src in zip(self.layers, prefill.layers, strict=True):
             if not layer.is_initialized:
                 layer.lazy_initialization(src.keys, src.values)
-            layer.reserve(length)
+            layer.reserve(length, row + 1)
             layer.keys[row, :, length - size : length] = src.keys[src_row, :, -size:]
             layer.values[row, :, length - size : length] = src.values[src_row, :, -size:]
             if length > size:
@@ -124,7 +163,7 @@ class SlotCache(Cache):
         """Move every live row right (columns > 0) or left (columns < 0) by `columns` positions."""
         rows, length = self.state.rows, self.state.length
         for layer in self.layers:
-            if not layer.is_initialized:
+            if not layer.is_initialized or not layer.capacity:
                 continue
             if columns > 0:
                 layer.reserve(length + columns)
@@ -140,7 +179,7 @@ class SlotCache(Cache):
     def move_row(self, src: int, dst: int) -> None:
         length = self.state.length
         for layer in self.layers:
-            if layer.is_initialized:
+            if layer.is_initialized and layer.capacity:
                 layer.keys[dst, :, :length] = layer.keys[src, :, :length]
                 layer.values[dst, :, :length] = layer.values[src, :, :length]
 
@@ -148,3 +187,24 @@ class SlotCache(Cache):
         self.state.rows = rows
         if rows == 0:
             self.state.length = 0
+
+    def fit(self) -> None:
+        for layer in self.layers:
+            layer.fit()
+
+
+@dataclass(frozen=True)
+class LaneStep:
+    """One lane's part of a decode step: its cache, its rows' slice of the batch, its padding mask."""
+
+    cache: SlotCache
+    first: int  # first batch row of the lane
+    rows: int
+    mask: torch.Tensor  # [rows, length + 1]: 1 where a row has a real column
+
+
+class LaneGroup:
+    """Several lanes decoded in one forward pass: batch rows are the lanes' rows, lane after lane."""
+
+    def __init__(self, lanes: list[LaneStep]) -> None:
+        self.lanes = lanes

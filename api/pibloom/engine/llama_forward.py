@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import quantize
-from .kv_cache import SlotCache
+from .kv_cache import LaneGroup, SlotCache
 
 # Architectures whose decoder layer is exactly: RMSNorm -> GQA attention with rotary -> residual ->
 # RMSNorm -> SiLU-gated MLP -> residual. Qwen2 adds q/k/v biases, which the pass carries.
@@ -152,7 +152,12 @@ class LlamaForward:
         h = self.embed(input_ids)
         cos, sin = self.rotary(h, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [rows, 1, steps, head_dim]: broadcast over heads
-        attend = self._attention_mask(mask, steps, h.dtype)
+        lanes = cache.lanes if isinstance(cache, LaneGroup) else None
+        if lanes is not None:
+            # Each lane attends over its own columns only, with its own padding mask.
+            biases = [self._attention_mask(lane.mask, 1, h.dtype) for lane in lanes]
+        else:
+            attend = self._attention_mask(mask, steps, h.dtype)
         slots = isinstance(cache, SlotCache)
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         rotated = heads + kv_heads
@@ -163,17 +168,26 @@ class LlamaForward:
             qk = qkv[:, :rotated]
             # Rotary on queries and keys at once: x * cos + rotate_half(x) * sin.
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
-            keys, values = cache.update(qk[:, heads:], qkv[:, rotated:], index)
-            if steps == 1:
+            if lanes is not None:
+                parts = []
+                for g, lane in enumerate(lanes):
+                    rows_of = slice(lane.first, lane.first + lane.rows)
+                    lane.cache.update(qk[rows_of, heads:], qkv[rows_of, rotated:], index)
+                    keys, values = lane.cache.buffers(index, lane.rows)
+                    biases[g] = _pad_to(biases[g], keys.shape[2])
+                    parts.append(self._decode_attention(qk[rows_of, :heads], keys, values, biases[g]))
+                attn = torch.cat(parts)
+            elif steps == 1:
+                keys, values = cache.update(qk[:, heads:], qkv[:, rotated:], index)
                 if slots:
                     # The rows' whole buffers are contiguous, unlike their first `length` columns, which
                     # bfloat16 batched matmuls copied at every layer (~20% of a 32-row step). Columns
                     # past the length are masked like padding.
                     keys, values = cache.buffers(index, rows)
-                    if attend.shape[-1] != keys.shape[2]:
-                        attend = F.pad(attend, (0, keys.shape[2] - attend.shape[-1]), value=float("-inf"))
+                    attend = _pad_to(attend, keys.shape[2])
                 attn = self._decode_attention(qk[:, :heads], keys, values, attend)
             else:
+                keys, values = cache.update(qk[:, heads:], qkv[:, rotated:], index)
                 attn = F.scaled_dot_product_attention(
                     qk[:, :heads], keys, values, attn_mask=attend, scale=self.scale, enable_gqa=kv_heads != heads
                 )
@@ -214,3 +228,10 @@ class LlamaForward:
         query = torch.arange(columns - steps, columns, device=mask.device)[:, None]
         key = torch.arange(columns, device=mask.device)[None, :]
         return (valid & (key <= query)) | (key == query)
+
+
+def _pad_to(bias: torch.Tensor, columns: int) -> torch.Tensor:
+    """Extend an additive decode bias with -inf up to `columns` (buffer capacity past the length)."""
+    if bias.shape[-1] == columns:
+        return bias
+    return F.pad(bias, (0, columns - bias.shape[-1]), value=float("-inf"))

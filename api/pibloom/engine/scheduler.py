@@ -7,10 +7,10 @@ runs one decode step for the whole running batch. Finished sequences leave at on
 free for the next iteration.
 
 Threads and the lock: `_cond` (a condition over one lock) guards what both sides touch: the waiting
-queue, `accepting`, `_stopping`, and `_counts`, the sizes of the prefilling and running lists as the
-inference thread last published them. Those two lists, the cache and every `_Sequence` belong to the
-inference thread alone and are never read elsewhere. `Request.cancelled` and `fatal_error` are single
-flags written by one side and polled by the other, so they need no lock.
+queue, `accepting`, `_stopping`, and `_counts`, the sizes of the prefilling and running lists (and the
+lanes in use) as the inference thread last published them. Those lists, the lanes' caches and every
+`_Sequence` belong to the inference thread alone and are never read elsewhere. `Request.cancelled`
+and `fatal_error` are single flags written by one side and polled by the other, so they need no lock.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from transformers import DynamicCache
 
 from ..metrics import Metrics
 from .detokenizer import IncrementalDecoder, StopMatcher
-from .kv_cache import SlotCache
+from .kv_cache import LaneGroup, LaneStep, SlotCache
 from .loader import LoadedModel
 from .prefix_cache import PrefixCache, PrefixHit
 from .request import Event, FinishReason, Request, SamplingParams, TokenLogprob
@@ -36,8 +36,13 @@ from .sampling import make_generator, sample_batch, token_logprobs
 
 log = logging.getLogger(__name__)
 
-# Leading padding columns tolerated before the running batch is compacted to the left.
+# Leading padding columns tolerated before a lane is compacted to the left.
 _COMPACT_MIN = 64
+# Lanes: rows of very different lengths decode in separate slot caches (lean forward pass only).
+MAX_LANES = 4
+# A newcomer opens a new lane rather than add more than this many padding columns to an existing one
+# (its own padding, or every row's when it is longer than the lane).
+_LANE_WASTE = 256
 
 
 class QueueFullError(RuntimeError):
@@ -65,6 +70,21 @@ class _Sequence:
     looked_up: bool = False  # the prefix cache was asked once, before the first prefill
 
 
+@dataclass
+class _Lane:
+    """Rows that share one column index: a slot cache and its sequences, row i being seqs[i]."""
+
+    cache: SlotCache
+    seqs: list[_Sequence] = field(default_factory=list)
+
+    def waste(self, size: int) -> int:
+        """Padding columns added if a prompt of `size` tokens joined this lane."""
+        if not self.seqs:
+            return 0
+        length = self.cache.length
+        return length - size if size <= length else len(self.seqs) * (size - length)
+
+
 class Engine:
     def __init__(
         self,
@@ -88,15 +108,29 @@ class Engine:
         self._cond = threading.Condition()
         self._waiting: collections.deque[Request] = collections.deque()
         self._prefilling: list[_Sequence] = []
-        self._running: list[_Sequence] = []
-        self._cache = SlotCache(self._num_layers(), self.max_rows)
-        self._counts = (0, 0)  # (prefilling, running), published under `_cond` by the inference thread
+        self._max_lanes = MAX_LANES if loaded.lean else 1  # transformers' forward takes one cache
+        self._lanes = self._new_lanes()
+        # (prefilling, running, busy lanes), published under `_cond` by the inference thread.
+        self._counts = (0, 0, 0)
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.accepting = True
         self.fatal_error: str | None = None
 
     # ---------------------------------------------------------------- asyncio side
+
+    def _new_lanes(self) -> list[_Lane]:
+        return [_Lane(SlotCache(self._num_layers(), self.max_rows)) for _ in range(self._max_lanes)]
+
+    @property
+    def _running(self) -> list[_Sequence]:
+        """Every decoding sequence, in batch order: lane after lane (inference thread only)."""
+        return [seq for lane in self._lanes for seq in lane.seqs]
+
+    @property
+    def kv_bytes(self) -> int:
+        """Memory held by the batch's slot caches (inference thread only)."""
+        return sum(lane.cache.nbytes for lane in self._lanes)
 
     def _num_layers(self) -> int:
         config = self.model.config
@@ -128,8 +162,8 @@ class Engine:
 
     def load(self) -> dict[str, int]:
         with self._cond:
-            prefilling, running = self._counts
-            return {"waiting": len(self._waiting), "prefilling": prefilling, "running": running}
+            prefilling, running, lanes = self._counts
+            return {"waiting": len(self._waiting), "prefilling": prefilling, "running": running, "lanes": lanes}
 
     @property
     def _busy(self) -> int:
@@ -138,7 +172,8 @@ class Engine:
 
     def _publish(self) -> None:
         """Make the inference thread's list sizes visible to the other side (call under `_cond`)."""
-        self._counts = (len(self._prefilling), len(self._running))
+        lanes = sum(1 for lane in self._lanes if lane.seqs)
+        self._counts = (len(self._prefilling), len(self._running), lanes)
 
     def submit(self, request: Request) -> None:
         with self._cond:
@@ -261,11 +296,12 @@ class Engine:
         for seq in [s for s in self._prefilling if s.request.cancelled]:
             self._prefilling.remove(seq)
             self.metrics.finished.labels("cancelled").inc()
-        gone = [i for i, s in enumerate(self._running) if s.request.cancelled]
-        if gone:
-            for _i in gone:
-                self.metrics.finished.labels("cancelled").inc()
-            self._remove_rows(gone)
+        for lane in self._lanes:
+            gone = [i for i, s in enumerate(lane.seqs) if s.request.cancelled]
+            if gone:
+                for _i in gone:
+                    self.metrics.finished.labels("cancelled").inc()
+                self._remove_rows(lane, gone)
 
     def _prefill_step(self) -> None:
         """Spend up to `prefill_chunk` prompt tokens: short prompts together in one padded forward
@@ -307,12 +343,13 @@ class Engine:
             cache.update(keys[None, :, :n], values[None, :, :n], layer)
         return cache
 
-    def _keep_prefix(self, seq: _Sequence, row: int) -> None:
+    def _keep_prefix(self, lane: _Lane, row: int) -> None:
         """Offer a sequence that leaves the batch to the prefix cache: its prompt and the reply so far."""
+        seq = lane.seqs[row]
         if not self.prefix_cache.enabled or seq.request.params.score_only:
             return
-        columns = self._cache.length - seq.start
-        keys, values = self._cache.row_kv(row, seq.start)
+        columns = lane.cache.length - seq.start
+        keys, values = lane.cache.row_kv(row, seq.start)
         self.prefix_cache.store(seq.history[:columns], keys, values)
 
     def _prefill_chunk(self, seq: _Sequence, budget: int) -> int:
@@ -382,32 +419,54 @@ class Engine:
         if self._emit(seq, token, lp):
             return
         size = len(seq.request.prompt_ids)
-        cache = self._cache
-        if not self._running:
+        lane = self._lane_for(size)
+        cache = lane.cache
+        if not lane.seqs:
             cache.reset(size)
         elif size > cache.length:
             grow = size - cache.length
             cache.shift(grow)
-            for other in self._running:
+            for other in lane.seqs:
                 other.start += grow
-        row = len(self._running)
-        cache.insert(row, prefill_cache, src_row, size)
+        cache.insert(len(lane.seqs), prefill_cache, src_row, size)
         seq.start = cache.length - size
         seq.next_token = token
-        self._running.append(seq)
+        lane.seqs.append(seq)
+
+    def _lane_for(self, size: int) -> _Lane:
+        """The lane that a prompt of `size` tokens pads least; an empty one when every busy lane would
+        take more than `_LANE_WASTE` padding columns (so a long chat does not slow the short ones)."""
+        busy = [lane for lane in self._lanes if lane.seqs]
+        idle = [lane for lane in self._lanes if not lane.seqs]
+        best = min(busy, key=lambda lane: lane.waste(size), default=None)
+        if best is None or (idle and best.waste(size) > _LANE_WASTE):
+            return idle[0]
+        return best
 
     def _decode_step(self) -> None:
-        rows = self._running
-        cache = self._cache
+        lanes = [lane for lane in self._lanes if lane.seqs]
+        rows = [seq for lane in lanes for seq in lane.seqs]
         device = self.loaded.device
-        length = cache.length
-        starts = torch.tensor([s.start for s in rows], device=device)
-        columns = torch.arange(length + 1, device=device)
-        mask = (columns.unsqueeze(0) >= starts.unsqueeze(1)).long()
-        positions = (length - starts).unsqueeze(1)
+        steps, positions_of = [], []
+        first = 0
+        for lane in lanes:
+            length = lane.cache.length
+            starts = torch.tensor([s.start for s in lane.seqs], device=device)
+            columns = torch.arange(length + 1, device=device)
+            mask = (columns.unsqueeze(0) >= starts.unsqueeze(1)).long()
+            steps.append(LaneStep(lane.cache, first, len(lane.seqs), mask))
+            positions_of.append(length - starts)
+            first += len(lane.seqs)
+        positions = torch.cat(positions_of).unsqueeze(1)
         ids = torch.tensor([[s.next_token] for s in rows], dtype=torch.long, device=device)
+        if len(steps) == 1:
+            cache: Any = steps[0].cache
+            mask = steps[0].mask
+        else:
+            cache, mask = LaneGroup(steps), None
         logits = self.loaded.forward(ids, mask, positions, cache)[:, -1, :]
-        cache.advance(1)
+        for lane in lanes:
+            lane.cache.advance(1)
         self.metrics.batch_size.observe(len(rows))
         tokens = sample_batch(
             logits,
@@ -424,14 +483,16 @@ class Engine:
             for i, lp in zip(wanted, token_logprobs(logits[index], chosen, top), strict=True):
                 own = rows[i].request.params.logprobs or 0
                 logprobs[i] = TokenLogprob(lp.token_id, lp.logprob, lp.top[:own])
-        finished: list[int] = []
-        for i, (seq, token) in enumerate(zip(rows, tokens, strict=True)):
-            if self._emit(seq, token, logprobs.get(i)):
-                finished.append(i)
+        finished: dict[int, list[int]] = {}
+        lane_of = [(g, i) for g, lane in enumerate(lanes) for i in range(len(lane.seqs))]
+        for index, (seq, token) in enumerate(zip(rows, tokens, strict=True)):
+            if self._emit(seq, token, logprobs.get(index)):
+                g, i = lane_of[index]
+                finished.setdefault(g, []).append(i)
             else:
                 seq.next_token = token
-        if finished:
-            self._remove_rows(finished)
+        for g, indices in finished.items():
+            self._remove_rows(lanes[g], indices)
 
     def _emit(self, seq: _Sequence, token: int, logprob: TokenLogprob | None = None) -> bool:
         """Account for one sampled token and send it; returns True when the sequence is finished."""
@@ -495,29 +556,29 @@ class Engine:
             )
         )
 
-    def _remove_rows(self, indices: list[int]) -> None:
-        cache = self._cache
+    def _remove_rows(self, lane: _Lane, indices: list[int]) -> None:
+        cache, seqs = lane.cache, lane.seqs
         for i in indices:
-            self._keep_prefix(self._running[i], i)
+            self._keep_prefix(lane, i)
         for i in sorted(indices, reverse=True):
-            last = len(self._running) - 1
+            last = len(seqs) - 1
             if i != last:
                 cache.move_row(last, i)
-                self._running[i] = self._running[last]
-            self._running.pop()
-            cache.set_rows(len(self._running))
-        if self._running:
-            lead = min(s.start for s in self._running)
+                seqs[i] = seqs[last]
+            seqs.pop()
+            cache.set_rows(len(seqs))
+        if seqs:
+            lead = min(s.start for s in seqs)
             if lead >= _COMPACT_MIN or (lead and lead * 2 >= cache.length):
                 cache.shift(-lead)
-                for s in self._running:
+                for s in seqs:
                     s.start -= lead
+        cache.fit()
 
     def _fail_all(self, message: str) -> None:
         for seq in self._running + self._prefilling:
             seq.request.emit(Event(text="", token_ids=[], finish_reason="error", error=message))
             self.metrics.finished.labels("error").inc()
-        self._running.clear()
         self._prefilling.clear()
-        self._cache = SlotCache(self._num_layers(), self.max_rows)
+        self._lanes = self._new_lanes()
         self.prefix_cache.clear()  # whatever broke the step may have left it inconsistent
