@@ -45,6 +45,10 @@ class Metrics:
         )
         self.engine_up = Gauge("pibloom_engine_up", "1 while the inference thread is alive.", registry=r)
         self.ready = Gauge("pibloom_ready", "1 while the model is loaded and not draining.", registry=r)
+        self.kv_cache_bytes = Gauge("pibloom_kv_cache_bytes", "Memory held by the batch's KV cache.", registry=r)
+        self.kv_cache_budget = Gauge(
+            "pibloom_kv_cache_budget_bytes", "KV cache memory admission keeps to (PIBLOOM_KV_CACHE_MB).", registry=r
+        )
         # Prefix caching, counted in tokens as vLLM's prefix_cache_queries / prefix_cache_hits are.
         self.prefix_cache_queries = Counter(
             "pibloom_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", registry=r

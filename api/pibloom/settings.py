@@ -92,6 +92,13 @@ class Settings(BaseSettings):
         256, ge=16, description="Prompt tokens processed per step, so a long prompt does not stall streams."
     )
     batching: bool = Field(True, description="Continuous batching; off serves one request at a time.")
+    kv_cache_mb: int | None = Field(
+        None,
+        ge=1,
+        description="Memory the running batch's KV cache may use: requests that would take more wait in the queue "
+        "(one that could never fit gets 400). Default: 60% of what the container's memory limit leaves after the "
+        "model and the prefix cache; 1024 without a limit.",
+    )
     prefix_cache_mb: int = Field(
         256,
         ge=0,

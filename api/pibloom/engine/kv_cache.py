@@ -3,7 +3,7 @@
 A `SlotCache` is one *lane*: its rows share one column index (left-padded, the padding masked), so
 the model sees an ordinary cache of `length` columns and builds its masks and positions as usual.
 Unlike `DynamicCache`, which concatenates a new tensor at every step (copying the whole cache each
-token), it writes one column in place into buffers that grow by doubling, in rows and in columns,
+token), it writes one column in place into buffers that grow in steps, in rows and in columns,
 and shrink again when what they hold falls well below their size. Rows join after a separate prefill
 and leave by moving the lane's last row into their place, so a lane stays dense.
 
@@ -19,13 +19,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-MIN_COLUMNS = 128
-MIN_ROWS = 4
-
-
-def _round_up(n: int, floor: int) -> int:
-    """The next power of two at or above `n`, at least `floor`."""
-    return max(floor, 1 << max(n - 1, 0).bit_length())
+MIN_COLUMNS = 64
+ROW_STEP = 2
 
 
 class _State:
@@ -59,23 +54,27 @@ class SlotLayer(DynamicLayer):
         self.keys, self.values, self.capacity, self.row_capacity = keys, values, columns, rows
 
     def reserve(self, columns: int, rows: int = 0) -> None:
+        """Grow to hold `columns` and `rows`: columns by a quarter (at least 64), so that a row growing by
+        one column a step reallocates rarely, rows by two; memory stays close to what is held, which
+        is what the engine's KV budget counts."""
         if columns <= self.capacity and rows <= self.row_capacity:
             return
-        new_columns = self.capacity if columns <= self.capacity else max(columns, self.capacity * 2, MIN_COLUMNS)
+        new_columns = self.capacity
+        if columns > self.capacity:
+            new_columns = max(columns, self.capacity + max(self.capacity // 4, MIN_COLUMNS))
         new_rows = self.row_capacity
         if rows > self.row_capacity:
-            new_rows = min(self.max_rows, max(rows, self.row_capacity * 2, MIN_ROWS))
+            new_rows = min(self.max_rows, -(-rows // ROW_STEP) * ROW_STEP)
         self._allocate(new_rows, new_columns)
 
     def fit(self) -> None:
-        """Give memory back once the lane holds less than a quarter of its buffers (in rows or columns):
-        decode attention reads the whole capacity, so a long row that left would slow every step."""
+        """Give memory back once the lane holds well under its buffers (in rows or columns): decode
+        attention reads the whole capacity, so a long row that left would slow every step."""
         if not self.is_initialized or not self.capacity:
             return
-        rows, columns = self.state.rows, self.state.length + 1
-        want_rows = min(self.max_rows, _round_up(rows, MIN_ROWS))
-        want_columns = _round_up(columns, MIN_COLUMNS)
-        if self.row_capacity > 2 * want_rows or self.capacity > 2 * want_columns:
+        want_rows = max(ROW_STEP, -(-self.state.rows // ROW_STEP) * ROW_STEP)
+        want_columns = max(MIN_COLUMNS, self.state.length + MIN_COLUMNS)
+        if self.row_capacity > want_rows or self.capacity > want_columns * 5 // 4:
             self._allocate(min(self.row_capacity, want_rows), min(self.capacity, want_columns))
 
     def update(

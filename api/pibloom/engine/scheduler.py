@@ -30,6 +30,7 @@ from ..metrics import Metrics
 from .detokenizer import IncrementalDecoder, StopMatcher
 from .kv_cache import LaneGroup, LaneStep, SlotCache
 from .loader import LoadedModel
+from .memory import SLACK, kv_bytes_per_token
 from .prefix_cache import PrefixCache, PrefixHit
 from .request import Event, FinishReason, Request, SamplingParams, TokenLogprob
 from .sampling import make_generator, sample_batch, token_logprobs
@@ -47,6 +48,10 @@ _LANE_WASTE = 256
 
 class QueueFullError(RuntimeError):
     """No room to wait: the caller answers 503 with Retry-After."""
+
+
+class TooLargeError(ValueError):
+    """The request alone needs more KV cache than the engine may ever hold."""
 
 
 class EngineStoppedError(RuntimeError):
@@ -96,6 +101,7 @@ class Engine:
         batching: bool = True,
         metrics: Metrics | None = None,
         prefix_cache_bytes: int = 0,
+        kv_budget_bytes: int | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -105,6 +111,12 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.metrics = metrics or Metrics()
         self.prefix_cache = PrefixCache(prefix_cache_bytes, metrics=self.metrics)
+        # Admission keeps the tokens the batch may come to hold (prompt + max_tokens of every sequence
+        # admitted) within the budget; what does not fit waits in the queue. None: no budget.
+        per_token = kv_bytes_per_token(self.model.config, loaded.dtype)
+        self.kv_budget_tokens = None if kv_budget_bytes is None else int(kv_budget_bytes / per_token / SLACK)
+        if kv_budget_bytes is not None:
+            self.metrics.kv_cache_budget.set(kv_budget_bytes)
         self._cond = threading.Condition()
         self._waiting: collections.deque[Request] = collections.deque()
         self._prefilling: list[_Sequence] = []
@@ -179,6 +191,12 @@ class Engine:
         with self._cond:
             if not self.accepting or not self.alive:
                 raise EngineStoppedError("the server is shutting down")
+            need = self._need(request)
+            if self.kv_budget_tokens is not None and need > self.kv_budget_tokens:
+                raise TooLargeError(
+                    f"this request may need {need} tokens of KV cache (prompt + max_tokens); this server holds "
+                    f"at most {self.kv_budget_tokens} (PIBLOOM_KV_CACHE_MB): lower max_tokens or shorten the prompt"
+                )
             free = self.max_rows - self._busy
             if len(self._waiting) >= self.max_queue + max(free, 0):
                 self.metrics.rejected.labels("queue_full").inc()
@@ -268,8 +286,27 @@ class Engine:
             self._waiting = collections.deque(kept)
         self.metrics.queue_depth.set(len(self._waiting))
 
+    def _need(self, request: Request) -> int:
+        """Tokens of KV cache a request may come to hold."""
+        if request.params.score_only:
+            return len(request.prompt_ids)
+        return min(len(request.prompt_ids) + request.params.max_tokens, self.loaded.max_context)
+
+    def _fits(self, request: Request) -> bool:
+        """Whether the request fits the budget beside every admitted one. Each is counted with the most
+        padding its joining a lane can add (`_LANE_WASTE` columns: its own, or the lane's when it is
+        longer), so what the lanes hold stays within the budget."""
+        if self.kv_budget_tokens is None:
+            return True
+        held = sum(self._need(seq.request) + _LANE_WASTE for seq in self._prefilling + self._running)
+        if not held:
+            return True  # alone it fits (submit refuses what never could)
+        return held + self._need(request) + _LANE_WASTE <= self.kv_budget_tokens
+
     def _admit(self) -> None:
         while self._waiting and len(self._running) + len(self._prefilling) < self.max_rows:
+            if not self._fits(self._waiting[0]):
+                break  # first come, first served: it waits until running sequences free the memory
             request = self._waiting.popleft()
             tail = request.prompt_ids[-4:]
             params = request.params
@@ -291,6 +328,7 @@ class Engine:
         if self._running:
             self._decode_step()
         self.metrics.running.set(len(self._running))
+        self.metrics.kv_cache_bytes.set(self.kv_bytes)
 
     def _drop_cancelled_running(self) -> None:
         for seq in [s for s in self._prefilling if s.request.cancelled]:

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from ..engine.request import Event, SamplingParams, TokenLogprob
-from ..engine.scheduler import Engine, EngineStoppedError, QueueFullError
-from .errors import ErrorKind, ServingError, unavailable
+from ..engine.scheduler import Engine, EngineStoppedError, QueueFullError, TooLargeError
+from .errors import ErrorKind, ServingError, bad_request, unavailable
 from .prepare import Prepared
 
 __all__ = ["Event", "Generation", "Result", "Started", "TokenLogprob", "score_all"]
@@ -63,6 +63,8 @@ class Generation:
                 first = await anext(events)
             except (QueueFullError, EngineStoppedError) as exc:
                 raise unavailable(str(exc), self.retry_after) from exc
+            except TooLargeError as exc:
+                raise bad_request(str(exc), param="max_tokens", code="kv_budget_exceeded") from exc
             yield first
             if first.finish_reason is None:
                 async for event in events:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ..engine.loader import LoadedModel, load_model
+from ..engine.memory import container_memory_limit, kv_budget, resident_bytes
 from ..engine.scheduler import Engine
 from ..metrics import Metrics
 from ..settings import Settings
@@ -85,6 +86,7 @@ class ModelHost:
             batching=s.batching,
             metrics=self.metrics,
             prefix_cache_bytes=s.prefix_cache_mb * 2**20,
+            kv_budget_bytes=kv_budget(s.kv_cache_mb, s.prefix_cache_mb, container_memory_limit(), resident_bytes()),
         )
 
     def _attached(self, engine: Engine) -> None:

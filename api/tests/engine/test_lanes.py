@@ -29,7 +29,7 @@ def test_buffers_grow_with_the_rows_and_shrink_when_a_long_row_leaves() -> None:
     cache.reset(600)
     cache.insert(0, prefill_cache(2, 1, 600), 0, 600)
     layer = cache.layers[0]
-    assert layer.row_capacity == 4  # not max_rows: memory follows the rows actually held
+    assert layer.row_capacity == 2  # not max_rows: memory follows the rows actually held
     assert layer.capacity >= 600
     big = cache.nbytes
     # The long row leaves; a short one is all that is left.
@@ -37,10 +37,10 @@ def test_buffers_grow_with_the_rows_and_shrink_when_a_long_row_leaves() -> None:
     cache.reset(20)
     cache.insert(0, prefill_cache(2, 1, 20), 0, 20)
     cache.fit()
-    assert layer.capacity == 128 and cache.nbytes < big / 4
+    assert layer.capacity <= 20 + 64 and cache.nbytes < big / 4
     for row in range(1, 9):
         cache.insert(row, prefill_cache(2, 1, 20), 0, 20)
-    assert layer.row_capacity == 16
+    assert layer.row_capacity == 10  # grown two rows at a time
     assert torch.equal(cache.buffers(0, 9)[0][0, :, :20], cache.layers[0].keys[0, :, :20])
 
 

@@ -1,0 +1,64 @@
+"""How much KV cache the engine may hold: the budget admission keeps to, so that load queues instead
+of allocating past the container's memory limit (where the kernel would kill every stream at once)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Without a container limit: the budget when none is set.
+DEFAULT_BUDGET = 1 << 30
+# Of the memory the container has left once the model is loaded, the share the batch's KV cache may
+# use (the rest: prefill activations, the prefix cache's own budget, allocator slack).
+LIMIT_SHARE = 0.6
+MIN_BUDGET = 32 << 20
+# Slot buffers grow in steps (a quarter of their columns, two rows), so they take a little more than
+# they hold: admission counts tokens against budget / SLACK.
+SLACK = 1.3
+
+
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """Keys and values of one token across every layer."""
+    layers = int(getattr(config, "num_hidden_layers", None) or config.n_layer)
+    heads = int(getattr(config, "num_attention_heads", None) or config.n_head)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return layers * 2 * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
+
+
+def container_memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The cgroup (v2, else v1) memory limit of this process, None where there is none."""
+    for name in ("memory.max", "memory/memory.limit_in_bytes"):
+        try:
+            text = (root / name).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # v1 reports "no limit" as a huge number
+            return int(text)
+        return None
+    return None
+
+
+def resident_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def kv_budget(configured_mb: int | None, prefix_cache_mb: int, limit: int | None, resident: int) -> int:
+    """Bytes the batch's KV cache may take: the setting when given, else a share of what the container
+    limit leaves after the loaded model and the prefix cache, else `DEFAULT_BUDGET`."""
+    if configured_mb is not None:
+        return configured_mb << 20
+    if limit is None:
+        return DEFAULT_BUDGET
+    left = int((limit - resident) * LIMIT_SHARE) - (prefix_cache_mb << 20)
+    if left < MIN_BUDGET:
+        log.warning("the memory limit leaves %d MB for the KV cache; using %d MB", left >> 20, MIN_BUDGET >> 20)
+    return max(left, MIN_BUDGET)
