@@ -52,7 +52,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(openai.inference)
     app.include_router(score.router)
     app.include_router(health.router)
-    app.include_router(metrics.router)
+    if settings.metrics_port is None:  # else gunicorn's master serves it on that port alone
+        app.include_router(metrics.router)
     # CORS, limits, request ids, access log and metrics: one place, one order.
     install_middleware(app, settings, runtime, app.state.api_keys)
     document_errors(app)

@@ -210,13 +210,14 @@ class Engine:
             kept = [r for r in self._waiting if not r.cancelled]
             for r in self._waiting:
                 if r.cancelled:
-                    self.metrics.finished.labels("cancelled").inc()
+                    self._count_finished(r, "cancelled")
             self._waiting = collections.deque(kept)
         self.metrics.queue_depth.set(len(self._waiting))
 
     def _admit(self) -> None:
         while self._waiting and len(self._running) + len(self._prefilling) < self.max_rows:
             request = self._waiting.popleft()
+            request.admitted_at = time.perf_counter()
             tail = request.prompt_ids[-4:]
             params = request.params
             stops = params.stop + self.loaded.extra_stop
@@ -237,15 +238,17 @@ class Engine:
         if self._running:
             self._decode_step()
         self.metrics.running.set(len(self._running))
+        held = sum(self._cache.length - s.start for s in self._running)
+        self.metrics.kv_cache_usage.set(held / (self.max_rows * self.loaded.max_context))
 
     def _drop_cancelled_running(self) -> None:
         for seq in [s for s in self._prefilling if s.request.cancelled]:
             self._prefilling.remove(seq)
-            self.metrics.finished.labels("cancelled").inc()
+            self._count_finished(seq.request, "cancelled")
         gone = [i for i, s in enumerate(self._running) if s.request.cancelled]
         if gone:
-            for _i in gone:
-                self.metrics.finished.labels("cancelled").inc()
+            for i in gone:
+                self._count_finished(self._running[i].request, "cancelled")
             self._remove_rows(gone)
 
     def _forward(
@@ -333,7 +336,7 @@ class Engine:
         params = seq.request.params
         scored = seq.prompt_lp[max(params.score_from - 1, 0) :]
         seq.request.emit(Event(text="", token_ids=[], generated=0, prompt_logprobs=scored, finish_reason="stop"))
-        self.metrics.finished.labels("scored").inc()
+        self._count_finished(seq.request, "scored")
 
     def _join(self, seq: _Sequence, prefill_cache: Any, src_row: int) -> None:
         """Sample the first token from the prefill logits and move the sequence into the batch."""
@@ -430,7 +433,7 @@ class Engine:
         if finish is not None:
             if not hit:  # text held back as a possible stop-string prefix is output after all
                 text += seq.stops.flush()
-            self.metrics.finished.labels(finish).inc()
+            self._count_finished(request, finish, now)
         # Every token is reported, even one whose text is not complete yet (part of a character).
         prompt_lp = None
         if not seq.sent_prompt_logprobs and params.prompt_logprobs:
@@ -467,7 +470,18 @@ class Engine:
     def _fail_all(self, message: str) -> None:
         for seq in self._running + self._prefilling:
             seq.request.emit(Event(text="", token_ids=[], finish_reason="error", error=message))
-            self.metrics.finished.labels("error").inc()
+            self._count_finished(seq.request, "error")
         self._running.clear()
         self._prefilling.clear()
         self._cache = SlotCache(self._num_layers(), self.max_rows)
+
+    def _count_finished(self, request: Request, reason: str, now: float | None = None) -> None:
+        self.metrics.finished(
+            reason,
+            arrived=request.arrived,
+            now=time.perf_counter() if now is None else now,
+            prompt_tokens=len(request.prompt_ids),
+            generated_tokens=len(request.output_ids),
+            admitted=request.admitted_at,
+            first_token=request.first_token_at,
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..metrics import Metrics
 from .clients import TrustedProxies
 from .responses import header, is_operational, send_error
+from .shared_ratelimit import Limiter
 
 
 @dataclass
@@ -68,7 +70,7 @@ class RateLimitMiddleware:
         self,
         app: ASGIApp,
         *,
-        buckets: TokenBuckets,
+        buckets: Limiter,
         trusted: TrustedProxies,
         api_keys: list[str],
         metrics: Metrics | None = None,
@@ -84,6 +86,8 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         wait = self.buckets.take(self.client_key(scope))
+        if inspect.isawaitable(wait):  # the shared store answers asynchronously
+            wait = await wait
         if wait > 0:
             if self.metrics is not None:
                 self.metrics.rejected.labels("rate_limited").inc()

@@ -12,6 +12,7 @@ from .clients import TrustedProxies
 from .promptlog import PromptLogMiddleware
 from .ratelimit import RateLimitMiddleware, TokenBuckets
 from .requestid import RequestIdMiddleware
+from .shared_ratelimit import Limiter, SharedLimiter
 from .watchdog import EngineWatchdogMiddleware
 
 
@@ -24,7 +25,9 @@ def install_middleware(app: FastAPI, settings: Settings, runtime: Runtime, api_k
     spec = settings.rate_limit_spec()
     if spec is not None:
         count, seconds = spec
-        buckets = TokenBuckets(count / seconds, settings.rate_limit_burst or count)
+        buckets: Limiter = TokenBuckets(count / seconds, settings.rate_limit_burst or count)
+        if settings.rate_limit_storage:
+            buckets = SharedLimiter(settings.rate_limit_storage, count, seconds, metrics=runtime.metrics)
         app.add_middleware(
             RateLimitMiddleware, buckets=buckets, trusted=trusted, api_keys=api_keys, metrics=runtime.metrics
         )
