@@ -52,7 +52,8 @@ lint: setup-api
 	$(BIN)/ruff check --config api/pyproject.toml api e2e scripts deploy-tests
 	$(BIN)/ruff format --config api/pyproject.toml --check api e2e scripts deploy-tests
 
-test-api: setup-api
+# The shared rate-limit tests start Debian's redis-server.
+test-api: setup-api system-deps
 	cd api && $(BIN)/pytest -q
 
 test-web: setup-web

@@ -97,6 +97,8 @@ class Metrics:
         self.rejected = Counter(
             "pibloom_requests_rejected", "Requests refused at once, by reason.", ["reason"], registry=r
         )
+        for reason in ("queue_full", "rate_limited"):  # zero until it happens, rather than absent
+            self.rejected.labels(reason)
         self.rate_limit_store_errors = Counter(
             "pibloom_rate_limit_store_errors",
             "Rate-limit checks that could not reach the shared store (the request was let through).",
