@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from test_engine_metrics import scrape, value
 
 from support import free_port, pibloom_serve, wait_for
-from test_engine_metrics import scrape, value
 
 ROOT = Path(__file__).resolve().parents[3]
 DASHBOARD = ROOT / "monitoring" / "grafana" / "dashboards" / "pibloom.json"
