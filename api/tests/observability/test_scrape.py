@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from test_engine_metrics import scrape, value
 
+from scraping import scrape, value
 from support import free_port, pibloom_serve, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
