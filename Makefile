@@ -53,7 +53,8 @@ lint: setup-api
 	$(BIN)/ruff format --config api/pyproject.toml --check api e2e scripts deploy-tests
 	cd api && $(BIN)/lint-imports
 
-test-api: setup-api
+# The shared rate-limit tests start Debian's redis-server.
+test-api: setup-api system-deps
 	cd api && $(BIN)/pytest -q
 
 test-web: setup-web

@@ -49,9 +49,12 @@ def test_env_example_documents_every_variable_with_its_default(config: dict) -> 
 
 def test_services_and_multi_arch_builds(config: dict) -> None:
     services = config["services"]
-    assert set(services) == {"api", "web", "proxy"}
+    # redis comes as an image (the rate-limit store); the monitoring profile's services are not started
+    # by a plain `docker compose up`.
+    assert set(services) == {"api", "web", "proxy", "redis"}
+    assert services["redis"]["image"].startswith("redis:") and services["redis"]["read_only"] is True
     raw = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))["services"]
-    for name, service in services.items():
+    for name, service in ((n, s) for n, s in services.items() if n != "redis"):
         assert service["build"]["context"] == str(ROOT / name)
         assert (ROOT / name / "Dockerfile").is_file()
         # `docker buildx bake` builds both architectures; `docker compose build` only the local one,
@@ -67,7 +70,7 @@ def test_api_can_scale(config: dict) -> None:
     # A fixed name or host port would make `docker compose up --scale api=2` fail.
     assert "container_name" not in api
     assert "ports" not in api
-    assert api["expose"] == ["8000"]
+    assert api["expose"] == ["8000", "8001"]  # the service port and the metrics port
     proxy_env = config["services"]["proxy"]["environment"]
     assert proxy_env["PIBLOOM_PROXY_UPSTREAM_RESOLVE"] == "resolve"
     assert proxy_env["PIBLOOM_PROXY_RESOLVER"] == "127.0.0.11"
@@ -75,7 +78,7 @@ def test_api_can_scale(config: dict) -> None:
 
 def test_only_the_proxy_is_published(config: dict) -> None:
     published = {name: s.get("ports", []) for name, s in config["services"].items()}
-    assert published["api"] == [] and published["web"] == []
+    assert published["api"] == [] and published["web"] == [] and published["redis"] == []
     assert [(p["target"], p["published"]) for p in published["proxy"]] == [(8080, "8080")]
 
 

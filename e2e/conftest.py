@@ -19,6 +19,8 @@ from playwright.sync_api import Browser, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# Where each service of the stack writes its log (stdout and stderr), for the tests that read them.
+LOGS: dict[str, Path] = {}
 
 
 def free_port() -> int:
@@ -59,8 +61,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`pibloom serve` (gunicorn + uvicorn worker) on the embedded default model; yields its base URL."""
     port = free_port()
+    # JSON logs, as `make run` (scripts/run-local.sh) and the containers write them.
     env = dict(os.environ, PIBLOOM_PORT=str(port), PIBLOOM_HOST="127.0.0.1", PIBLOOM_MAX_QUEUE="64")
-    log = (tmp_path_factory.mktemp("api") / "api.log").open("wb")
+    env.setdefault("PIBLOOM_LOG_JSON", "true")
+    LOGS["api"] = tmp_path_factory.mktemp("api") / "api.log"
+    log = LOGS["api"].open("wb")
     proc = subprocess.Popen([str(BIN / "pibloom"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -81,7 +86,8 @@ def web_server(api_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         pytest.fail("web/dist is not built: run `make setup-web`")
     port = free_port()
     env = dict(os.environ, PORT=str(port), HOST="127.0.0.1", PIBLOOM_API_URL=api_server)
-    log = (tmp_path_factory.mktemp("web") / "web.log").open("wb")
+    LOGS["web"] = tmp_path_factory.mktemp("web") / "web.log"
+    log = LOGS["web"].open("wb")
     proc = subprocess.Popen(
         ["node", str(ROOT / "web" / "server" / "index.js")], env=env, stdout=log, stderr=subprocess.STDOUT
     )
@@ -118,7 +124,8 @@ def proxy_server(api_server: str, web_server: str, tmp_path_factory: pytest.Temp
         *("--api", urlsplit(api_server).netloc, "--web", urlsplit(web_server).netloc),
     ]
     conf = subprocess.run(render, check=True, capture_output=True, text=True).stdout.strip()
-    log = (run_dir / "nginx.log").open("wb")
+    LOGS["proxy"] = run_dir / "nginx.log"
+    log = LOGS["proxy"].open("wb")
     cmd = [nginx, "-p", str(run_dir), "-c", conf, "-e", "stderr", "-g", "daemon off;"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -6,12 +6,14 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from openai import OpenAI
 from playwright.sync_api import Browser, expect
 
@@ -143,6 +145,7 @@ def test_event_stream_arrives_in_pieces_through_nginx(proxy_server: str, model_i
 
 def _start_run_local(tmp_path: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path, dict]:
     ports = {"PIBLOOM_PORT": free_port(), "PIBLOOM_WEB_PORT": free_port(), "PIBLOOM_PROXY_PORT": free_port()}
+    ports["PIBLOOM_REDIS_PORT"] = free_port()
     env = dict(os.environ, PIBLOOM_RUN_DIR=str(tmp_path), VENV_BIN=str(BIN), **extra_env)
     env.update({k: str(v) for k, v in ports.items()})
     log = tmp_path / "run-local.log"
@@ -179,20 +182,21 @@ def _ctrl_c(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
 
 def _listening(port: int) -> bool:
     try:
-        httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-    except httpx.TransportError:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
         return False
     return True
 
 
 def test_run_script_serves_the_stack_and_one_ctrl_c_stops_it(tmp_path: Path, model_id: str) -> None:
-    proc, log, ports = _start_run_local(tmp_path, {})
+    # A rate limit, so the api keeps its counts in the stack's redis-server.
+    proc, log, ports = _start_run_local(tmp_path, {"PIBLOOM_RATE_LIMIT": "100/minute"})
     try:
         url = f"http://127.0.0.1:{ports['PIBLOOM_PROXY_PORT']}/"
         text = _wait_for_line(proc, log, re.escape(f"piBLOOM is ready: open {url}"), timeout=300)
         assert text.startswith(f"piBLOOM: open {url}")
         # Logs are prefixed per process.
-        for name in ("api.1", "web.1", "proxy.1"):
+        for name in ("api.1", "web.1", "proxy.1", "redis.1"):
             assert re.search(rf"^\S+ {re.escape(name)}\s+\| ", text, flags=re.MULTILINE), name
         page = httpx.get(url, timeout=10)
         assert page.status_code == 200 and "<title>piBLOOM</title>" in page.text
@@ -202,6 +206,10 @@ def test_run_script_serves_the_stack_and_one_ctrl_c_stops_it(tmp_path: Path, mod
             timeout=120,
         )
         assert reply.status_code == 200, reply.text
+        # The api counted that request in the stack's redis-server, where every api process looks.
+        store = redis.Redis(port=ports["PIBLOOM_REDIS_PORT"])
+        assert store.keys("*pibloom*"), "no rate-limit count in redis"
+        store.close()
     finally:
         _ctrl_c(proc)
     assert not any(_listening(port) for port in ports.values())

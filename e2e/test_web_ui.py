@@ -9,10 +9,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
+from prometheus_client.parser import text_string_to_metric_families
 
 # A generation on the embedded model on a small CPU: generous, but bounded.
 REPLY_TIMEOUT_MS = 120_000
 REPLY = 'article[aria-label="piBLOOM"]'
+CANCELLED = {"finished_reason": "cancelled"}
 
 # Records the text of the newest reply at every DOM change, so the test sees each streamed state.
 RECORD_REPLY_STATES = """() => {
@@ -66,12 +68,14 @@ def send(page: Page, text: str) -> None:
     box.press("Enter")
 
 
-def metric(api_server: str, name: str, labels: str = "") -> float:
-    """One sample from the api's Prometheus metrics (0 when it has no sample yet)."""
+def metric(api_server: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """One sample from the api's Prometheus metrics whose labels include `labels` (0 when none yet)."""
     text = httpx.get(f"{api_server}/metrics", timeout=10).text
-    pattern = rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$"
-    found = re.search(pattern, text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and (labels or {}).items() <= sample.labels.items():
+                return float(sample.value)
+    return 0.0
 
 
 def test_a_message_gets_a_streamed_reply(context: BrowserContext, web_server: str, model: dict) -> None:
@@ -111,7 +115,7 @@ def test_a_message_gets_a_streamed_reply(context: BrowserContext, web_server: st
 
 def test_stop_aborts_a_long_reply(context: BrowserContext, web_server: str, api_server: str, model: dict) -> None:
     page, _ = open_chat(context, web_server, model)
-    cancelled_before = metric(api_server, "pibloom_sequences_finished_total", '{reason="cancelled"}')
+    cancelled_before = metric(api_server, "pibloom_request_success_total", CANCELLED)
     failed: list[str] = []
     page.on(
         "requestfailed",
@@ -138,7 +142,7 @@ def test_stop_aborts_a_long_reply(context: BrowserContext, web_server: str, api_
     # ...and the api noticed and cancelled the generation instead of finishing the story.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if metric(api_server, "pibloom_sequences_finished_total", '{reason="cancelled"}') > cancelled_before:
+        if metric(api_server, "pibloom_request_success_total", CANCELLED) > cancelled_before:
             break
         time.sleep(0.2)
     else:

@@ -9,8 +9,9 @@ The packages are the layers (`make lint` holds them with import-linter, see pypr
 - `bench`    `make bench`: piBLOOM against its peers, over HTTP
 
 `http` imports `serving`, which imports `engine`; `client` and `bench` import none of them. Beside
-them, `settings` (every knob) and `metrics` (the Prometheus registry) may be imported by any layer,
-and `cli` wires the commands.
+them, `settings` (every knob), `metrics` (the Prometheus registry) and `observability` (multiprocess
+metrics, replica process figures, the metrics port) are leaves any layer may import; `cli` wires the
+commands.
 """
 
 __version__ = "0.2.0"

@@ -24,9 +24,13 @@ def serve() -> None:
     """Run the api under gunicorn with uvicorn workers (settings from PIBLOOM_* variables)."""
     settings = Settings()
     openmp.configure(settings, os.environ)  # before the server's imports load torch
+    # Before the server's imports load prometheus_client, which reads the variable at import.
+    from .observability import multiproc
+
+    metrics_dir = multiproc.prepare(os.environ)
     from .http.server import serve as run
 
-    run(settings)
+    run(settings, metrics_dir)
 
 
 @main.command()

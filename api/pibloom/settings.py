@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     timeout: int = Field(600, ge=1, description="gunicorn worker timeout in seconds.")
     graceful_timeout: int = Field(60, ge=1, description="Seconds to finish in-flight requests on SIGTERM.")
     keepalive: int = Field(5, ge=1, description="HTTP keep-alive seconds.")
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve `/metrics` on this port (from gunicorn's master, all workers in one scrape) and not "
+        "on the main port, so a NetworkPolicy can let only the scraper reach it; unset: `/metrics` on the main port.",
+    )
 
     # --- security and logging ----------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -141,6 +148,13 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: int | None = Field(
         None, ge=1, description="Requests a client may send at once before the rate applies (default: the count)."
+    )
+    rate_limit_storage: str | None = Field(
+        None,
+        description="Where rate-limit counts live, shared by every api process: a `redis://host:6379/0` URL "
+        "(moving window over `PIBLOOM_RATE_LIMIT`, through the `limits` library). Unset: token buckets in each "
+        "process. If the store is unreachable requests are let through (fail open) and counted in "
+        "`pibloom_rate_limit_store_errors_total`.",
     )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1", "::1"],

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import uvicorn
 
 from pibloom.engine.loader import LoadedModel
@@ -101,5 +102,9 @@ def pibloom_serve(model_dir: Path, tmp_path: Path, **env: str) -> Iterator[tuple
             yield proc, url, log_path
         finally:
             if proc.poll() is None:
+                # Workers outlive a SIGKILLed master (uvicorn workers do not watch their parent): kill them too.
+                with contextlib.suppress(psutil.Error):
+                    for child in psutil.Process(proc.pid).children(recursive=True):
+                        child.kill()
                 proc.kill()
                 proc.wait()

@@ -5,10 +5,10 @@ import path from 'node:path';
 import compression from 'compression';
 import express from 'express';
 import helmet from 'helmet';
-import morgan from 'morgan';
 import { PAGE_CSP, notBuiltPage } from './errors.js';
 import { apiProxy } from './proxy.js';
-import { requestId, withRequestId } from './requestId.js';
+import { accessLog } from './accessLog.js';
+import { requestId } from './requestId.js';
 
 const YEAR = 365 * 24 * 60 * 60;
 
@@ -63,7 +63,7 @@ function spaFallback(distDir) {
 /**
  * Build the app. `log` is a writable stream for the access log (null turns it off).
  */
-export function createApp({ apiUrl, apiKey = '', distDir, logFormat = 'combined', log = process.stdout }) {
+export function createApp({ apiUrl, apiKey = '', distDir, logFormat = 'json', log = process.stdout }) {
   const app = express();
   app.disable('x-powered-by');
   // Behind nginx / a cluster ingress: take the client address from X-Forwarded-For of local hops only.
@@ -72,7 +72,7 @@ export function createApp({ apiUrl, apiKey = '', distDir, logFormat = 'combined'
 
   if (log) {
     app.use(
-      morgan(withRequestId(logFormat), {
+      accessLog(logFormat, {
         stream: log,
         // Probes every few seconds would drown the log; failures are still logged.
         skip: (req, res) => req.path === '/healthz' && res.statusCode < 400,

@@ -31,6 +31,7 @@ export function loadConfig(env = process.env) {
     apiUrl: parseApiUrl(env.PIBLOOM_API_URL || DEFAULT_API_URL),
     // Injected by the proxy so the browser never holds the key.
     apiKey: env.PIBLOOM_API_KEY || '',
-    logFormat: env.LOG_FORMAT || 'combined',
+    // `json`: one line per request with the api's and nginx's field names; or a morgan format.
+    logFormat: env.LOG_FORMAT || 'json',
   };
 }

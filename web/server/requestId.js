@@ -19,10 +19,5 @@ export function requestId() {
   };
 }
 
+// For text formats (LOG_FORMAT=combined...): accessLog.js appends it to each line.
 morgan.token('request-id', (req) => req.id);
-
-/** A morgan format with the request id at the end of each line (named formats only; `dev` is a function). */
-export function withRequestId(format) {
-  const named = morgan[format];
-  return typeof named === 'string' ? `${named} :request-id` : format;
-}

@@ -72,10 +72,36 @@ describe('request ids', () => {
     expect(seen.at(-1)).toBe(id);
   });
 
-  it('ends each access log line with the id', async () => {
-    await fetch(`${base}/api/v1/models`, { headers: { 'X-Request-ID': 'logged-id-42' } });
-    const line = logged.trim().split('\n').find((l) => l.includes('/api/v1/models') && l.endsWith('logged-id-42'));
-    expect(line).toBeTruthy();
+  it('writes one JSON access line per request, with the field names nginx and the api use', async () => {
+    await fetch(`${base}/api/v1/models?token=secret`, { headers: { 'X-Request-ID': 'logged-id-42' } });
+    const entries = logged
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line))
+      .filter((entry) => entry.request_id === 'logged-id-42');
+    expect(entries).toHaveLength(1);
+    const [entry] = entries;
+    expect(Object.keys(entry).sort()).toEqual(
+      ['client', 'duration_ms', 'event', 'method', 'path', 'request_id', 'service', 'status', 'time'],
+    );
+    expect(entry).toMatchObject({ service: 'web', event: 'access', method: 'GET', path: '/api/v1/models', status: 200 });
+    expect(entry.duration_ms).toBeGreaterThanOrEqual(0);
+    expect(Number.isNaN(Date.parse(entry.time))).toBe(false);
+    expect(logged).not.toContain('secret');
+  });
+
+  it('ends each text line with the id when LOG_FORMAT names a morgan format', async () => {
+    let text = '';
+    const log = new PassThrough();
+    log.on('data', (chunk) => (text += chunk));
+    const server = http.createServer(createApp({ apiUrl: `${base}/unused`, distDir: '/nonexistent', log, logFormat: 'combined' }));
+    const url = await listen(server);
+    try {
+      await fetch(`${url}/healthz-missing`, { headers: { 'X-Request-ID': 'text-id-7' } });
+      expect(text.trim().split('\n').some((l) => l.includes('/healthz-missing') && l.endsWith('text-id-7'))).toBe(true);
+    } finally {
+      await close(server);
+    }
   });
 
   it('puts an id on its own error answers too', async () => {

@@ -72,6 +72,10 @@ class SlotLayer(DynamicLayer):
         attention reads the whole capacity, so a long row that left would slow every step."""
         if not self.is_initialized or not self.capacity:
             return
+        if not self.state.rows:  # an idle lane holds nothing
+            self.keys = self.values = None
+            self.capacity = self.row_capacity = 0
+            return
         want_rows = max(ROW_STEP, -(-self.state.rows // ROW_STEP) * ROW_STEP)
         want_columns = max(MIN_COLUMNS, self.state.length + MIN_COLUMNS)
         if self.row_capacity > want_rows or self.capacity > want_columns * 5 // 4:

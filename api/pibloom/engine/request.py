@@ -63,6 +63,7 @@ class Request:
     arrived: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # set from the event loop; read by the inference thread at each step
     # Filled in by the engine:
+    admitted_at: float | None = None  # left the waiting queue for a batch slot
     first_token_at: float | None = None
     last_token_at: float | None = None
     output_ids: list[int] = field(default_factory=list)

@@ -114,6 +114,7 @@ class Engine:
         # Admission keeps the tokens the batch may come to hold (prompt + max_tokens of every sequence
         # admitted) within the budget; what does not fit waits in the queue. None: no budget.
         per_token = kv_bytes_per_token(self.model.config, loaded.dtype)
+        self.kv_budget_bytes = kv_budget_bytes
         self.kv_budget_tokens = None if kv_budget_bytes is None else int(kv_budget_bytes / per_token / SLACK)
         if kv_budget_bytes is not None:
             self.metrics.kv_cache_budget.set(kv_budget_bytes)
@@ -282,7 +283,7 @@ class Engine:
             kept = [r for r in self._waiting if not r.cancelled]
             for r in self._waiting:
                 if r.cancelled:
-                    self.metrics.finished.labels("cancelled").inc()
+                    self._count_finished(r, "cancelled")
             self._waiting = collections.deque(kept)
         self.metrics.queue_depth.set(len(self._waiting))
 
@@ -308,6 +309,7 @@ class Engine:
             if not self._fits(self._waiting[0]):
                 break  # first come, first served: it waits until running sequences free the memory
             request = self._waiting.popleft()
+            request.admitted_at = time.perf_counter()
             tail = request.prompt_ids[-4:]
             params = request.params
             stops = params.stop + self.loaded.extra_stop
@@ -328,17 +330,20 @@ class Engine:
         if self._running:
             self._decode_step()
         self.metrics.running.set(len(self._running))
-        self.metrics.kv_cache_bytes.set(self.kv_bytes)
+        held = self.kv_bytes
+        self.metrics.kv_cache_bytes.set(held)
+        if self.kv_budget_bytes:
+            self.metrics.kv_cache_usage.set(held / self.kv_budget_bytes)
 
     def _drop_cancelled_running(self) -> None:
         for seq in [s for s in self._prefilling if s.request.cancelled]:
             self._prefilling.remove(seq)
-            self.metrics.finished.labels("cancelled").inc()
+            self._count_finished(seq.request, "cancelled")
         for lane in self._lanes:
             gone = [i for i, s in enumerate(lane.seqs) if s.request.cancelled]
             if gone:
-                for _i in gone:
-                    self.metrics.finished.labels("cancelled").inc()
+                for i in gone:
+                    self._count_finished(lane.seqs[i].request, "cancelled")
                 self._remove_rows(lane, gone)
 
     def _prefill_step(self) -> None:
@@ -442,7 +447,7 @@ class Engine:
         params = seq.request.params
         scored = seq.prompt_lp[max(params.score_from - 1, 0) :]
         seq.request.emit(Event(text="", token_ids=[], generated=0, prompt_logprobs=scored, finish_reason="stop"))
-        self.metrics.finished.labels("scored").inc()
+        self._count_finished(seq.request, "scored")
 
     def _join(self, seq: _Sequence, prefill_cache: Any, src_row: int) -> None:
         """Sample the first token from the prefill logits and move the sequence into the batch."""
@@ -564,7 +569,7 @@ class Engine:
             if finish == "length":
                 text += seq.stops.flush()
         if finish is not None:
-            self.metrics.finished.labels(finish).inc()
+            self._count_finished(request, finish)
         return text, finish
 
     def _length_limit(self, request: Request) -> FinishReason | None:
@@ -616,7 +621,18 @@ class Engine:
     def _fail_all(self, message: str) -> None:
         for seq in self._running + self._prefilling:
             seq.request.emit(Event(text="", token_ids=[], finish_reason="error", error=message))
-            self.metrics.finished.labels("error").inc()
+            self._count_finished(seq.request, "error")
         self._prefilling.clear()
         self._lanes = self._new_lanes()
         self.prefix_cache.clear()  # whatever broke the step may have left it inconsistent
+
+    def _count_finished(self, request: Request, reason: str) -> None:
+        self.metrics.finished(
+            reason,
+            arrived=request.arrived,
+            now=time.perf_counter(),
+            prompt_tokens=len(request.prompt_ids),
+            generated_tokens=len(request.output_ids),
+            admitted=request.admitted_at,
+            first_token=request.first_token_at,
+        )

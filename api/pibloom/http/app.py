@@ -45,8 +45,10 @@ def create_app(settings: Settings | None = None, host: ModelHost | None = None) 
     app.state.service = Service(host)
     app.state.api_keys = KeyRing(settings.all_api_keys())
     install_error_handlers(app)
-    for module in (chat, models, chat_completions, completions, scoring, tokenize, health, metrics):
+    for module in (chat, models, chat_completions, completions, scoring, tokenize, health):
         app.include_router(module.router)
+    if settings.metrics_port is None:  # else gunicorn's master serves it on that port alone
+        app.include_router(metrics.router)
     # CORS, limits, request ids, access log and metrics: one place, one order.
     install_middleware(app, settings, host, app.state.api_keys)
     document_errors(app)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from ..settings import Settings
@@ -25,9 +26,13 @@ class RequestIdFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line. Access lines carry the fields nginx and the web server log too
+    (time, service, event, request_id, method, path, status, duration_ms, client: see the README)."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "service": "api",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -37,7 +42,8 @@ class JsonFormatter(logging.Formatter):
             entry["request_id"] = request_id
         http = getattr(record, "http", None)
         if isinstance(http, dict):
-            entry["http"] = http
+            entry["event"] = "access"
+            entry.update(http)
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -78,6 +78,7 @@ class ModelHost:
 
     def _engine(self, loaded: LoadedModel) -> Engine:
         s = self.settings
+        self.metrics.bind(loaded.name)
         return Engine(
             loaded,
             max_batch_size=s.max_batch_size,

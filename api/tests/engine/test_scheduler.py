@@ -116,7 +116,9 @@ async def test_disconnected_request_is_cancelled_and_its_slot_freed(engine: Engi
     await asyncio.to_thread(wait_for, lambda: engine.load()["running"] == 1, 20.0, "the request to run")
     await stream.aclose()  # what a client disconnect does
     wait_for(lambda: engine.load()["running"] == 0, what="the slot to be freed")
-    cancelled = engine.metrics.registry.get_sample_value("pibloom_sequences_finished_total", {"reason": "cancelled"})
+    cancelled = engine.metrics.registry.get_sample_value(
+        "pibloom_request_success_total", {"model_name": engine.metrics.model_name, "finished_reason": "cancelled"}
+    )
     assert cancelled == 1
     # The engine serves normally afterwards.
     tokens, _, _ = await run(engine, prompt, greedy(5))
@@ -149,7 +151,8 @@ async def test_unbatched_engine_serves_one_at_a_time(model: LoadedModel) -> None
         got = await asyncio.gather(*(run(engine, p, greedy(10)) for p in prompts))
         assert [g[0] for g in got] == [reference(model, p, 10) for p in prompts]
         registry = engine.metrics.registry
-        steps = registry.get_sample_value("pibloom_batch_size_count")
-        assert steps and registry.get_sample_value("pibloom_batch_size_sum") == steps  # every step had 1 row
+        labels = {"model_name": engine.metrics.model_name}
+        steps = registry.get_sample_value("pibloom_batch_size_count", labels)
+        assert steps and registry.get_sample_value("pibloom_batch_size_sum", labels) == steps  # every step had 1 row
     finally:
         engine.shutdown(10)

@@ -196,10 +196,10 @@ def test_metrics_exposes_the_serving_figures(base_url: str) -> None:
     for name in (
         "pibloom_time_to_first_token_seconds_bucket",
         "pibloom_inter_token_latency_seconds_bucket",
-        "pibloom_queue_depth",
-        "pibloom_running_sequences",
+        "pibloom_num_requests_waiting",
+        "pibloom_num_requests_running",
         "pibloom_batch_size_bucket",
-        "pibloom_generated_tokens_total",
+        "pibloom_generation_tokens_total",
         'pibloom_request_duration_seconds_count{method="POST",route="/v1/chat/completions",status="200"}',
     ):
         assert name in text, name
@@ -245,7 +245,8 @@ def test_client_disconnect_cancels_generation_and_frees_the_slot(api: tuple[str,
     engine = host.engine
     assert engine is not None
     registry = host.metrics.registry
-    before = registry.get_sample_value("pibloom_sequences_finished_total", {"reason": "cancelled"}) or 0
+    cancelled = {"model_name": host.model_name, "finished_reason": "cancelled"}
+    before = registry.get_sample_value("pibloom_request_success_total", cancelled) or 0
     body = {**chat_body(max_tokens=900, temperature=0), "stream": True}
     with (
         httpx.Client(timeout=60) as client,
@@ -257,7 +258,7 @@ def test_client_disconnect_cancels_generation_and_frees_the_slot(api: tuple[str,
         wait_for(lambda: engine.load()["running"] == 1, what="the stream to be running")
     # Leaving the block closes the connection mid-stream.
     wait_for(lambda: engine.in_flight == 0, what="the slot to be freed")
-    after = registry.get_sample_value("pibloom_sequences_finished_total", {"reason": "cancelled"})
+    after = registry.get_sample_value("pibloom_request_success_total", cancelled)
     assert after == before + 1
 
 

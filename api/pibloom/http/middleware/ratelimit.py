@@ -8,6 +8,7 @@ not buy fresh budgets.
 from __future__ import annotations
 
 import collections
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from ..auth import KeyRing, bearer_token
 from ..paths import is_operational
 from .clients import TrustedProxies
 from .responses import header, send_error
+from .shared_ratelimit import Limiter
 
 
 @dataclass
@@ -69,7 +71,7 @@ class RateLimitMiddleware:
         self,
         app: ASGIApp,
         *,
-        buckets: TokenBuckets,
+        buckets: Limiter,
         trusted: TrustedProxies,
         api_keys: KeyRing,
         metrics: Metrics | None = None,
@@ -85,6 +87,8 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         wait = self.buckets.take(self.client_key(scope))
+        if inspect.isawaitable(wait):  # the shared store answers asynchronously
+            wait = await wait
         if wait > 0:
             if self.metrics is not None:
                 self.metrics.rejected.labels("rate_limited").inc()

@@ -14,6 +14,7 @@ from .clients import TrustedProxies
 from .promptlog import PromptLogMiddleware
 from .ratelimit import RateLimitMiddleware, TokenBuckets
 from .requestid import RequestIdMiddleware
+from .shared_ratelimit import Limiter, SharedLimiter
 from .watchdog import EngineWatchdogMiddleware
 
 if TYPE_CHECKING:  # the engine side imports torch: not at import time
@@ -29,7 +30,9 @@ def install_middleware(app: FastAPI, settings: Settings, host: ModelHost, api_ke
     spec = settings.rate_limit_spec()
     if spec is not None:
         count, seconds = spec
-        buckets = TokenBuckets(count / seconds, settings.rate_limit_burst or count)
+        buckets: Limiter = TokenBuckets(count / seconds, settings.rate_limit_burst or count)
+        if settings.rate_limit_storage:
+            buckets = SharedLimiter(settings.rate_limit_storage, count, seconds, metrics=host.metrics)
         app.add_middleware(
             RateLimitMiddleware, buckets=buckets, trusted=trusted, api_keys=api_keys, metrics=host.metrics
         )

@@ -1,10 +1,12 @@
-"""Prometheus exposition (requests are timed by the request-id middleware)."""
+"""Prometheus exposition (requests are timed by the request-id middleware); absent from the main port
+when PIBLOOM_METRICS_PORT serves it on a port of its own."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from ...observability.exposition import render
 from ..deps import MetricsKey
 from ..openapi import Detail
 
@@ -23,4 +25,4 @@ router = APIRouter(tags=["metrics"])
 )
 async def metrics(request: Request) -> Response:
     registry = request.app.state.service.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(render(registry), media_type=CONTENT_TYPE_LATEST)

@@ -47,7 +47,7 @@ def test_metrics_can_require_a_key(server_factory: ServerFactory) -> None:
         assert refused.headers["www-authenticate"] == "Bearer"
         scraped = httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer k"})
         assert scraped.status_code == 200
-        assert "pibloom_running_sequences" in scraped.text
+        assert "pibloom_num_requests_running" in scraped.text
         assert httpx.get(f"{url}/health/live").status_code == 200
 
 

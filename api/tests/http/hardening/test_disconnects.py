@@ -35,7 +35,7 @@ async def test_dropped_streams_free_their_slots_and_the_rest_are_unaffected(serv
         survivors = PROMPTS[1::2]
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             alone = [(await run_stream(client, url, stream_body(p, SURVIVOR_TOKENS))).text for p in survivors]
-            cancelled_before = metric(url, "pibloom_sequences_finished_total", {"reason": "cancelled"})
+            cancelled_before = metric(url, "pibloom_request_success_total", {"finished_reason": "cancelled"})
 
             kept = [run_stream(client, url, stream_body(p, SURVIVOR_TOKENS)) for p in survivors]
             dropped = [drop_after(client, url, stream_body(p, DROPPED_TOKENS), 3) for p in PROMPTS[0::2]]
@@ -48,7 +48,7 @@ async def test_dropped_streams_free_their_slots_and_the_rest_are_unaffected(serv
         assert results[len(survivors) :] == [3, 3, 3, 3]
 
         wait_for(lambda: engine.in_flight == 0, timeout=30, what="the dropped streams to be cancelled")
-        wait_for(lambda: metric(url, "pibloom_running_sequences") == 0, what="the running gauge to reach 0")
-        cancelled = metric(url, "pibloom_sequences_finished_total", {"reason": "cancelled"}) - cancelled_before
+        wait_for(lambda: metric(url, "pibloom_num_requests_running") == 0, what="the running gauge to reach 0")
+        cancelled = metric(url, "pibloom_request_success_total", {"finished_reason": "cancelled"}) - cancelled_before
         assert cancelled == len(PROMPTS[0::2])
-        assert metric(url, "pibloom_queue_depth") == 0
+        assert metric(url, "pibloom_num_requests_waiting") == 0

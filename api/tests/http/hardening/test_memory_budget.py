@@ -40,7 +40,7 @@ async def test_load_past_the_budget_waits_and_nothing_is_lost(server_factory: Se
                 while not done.is_set():
                     text = (await client.get(f"{url}/metrics")).text
                     for line in text.splitlines():
-                        if line.startswith("pibloom_kv_cache_bytes "):
+                        if line.startswith("pibloom_kv_cache_bytes{"):
                             held.append(float(line.split()[1]))
                     await asyncio.sleep(0.02)
 

@@ -58,8 +58,8 @@ async def test_overload_gets_answers_or_fast_refusals(server_factory: ServerFact
 
             # Right after, the service is idle and serves normally.
             wait_for(lambda: engine.in_flight == 0, what="the engine to be idle")
-            assert metric(url, "pibloom_running_sequences") == 0
-            assert metric(url, "pibloom_queue_depth") == 0
+            assert metric(url, "pibloom_num_requests_running") == 0
+            assert metric(url, "pibloom_num_requests_waiting") == 0
             if not rate_limit:
                 after = await run_stream(client, url, body)
                 assert after.complete and after.text == reference

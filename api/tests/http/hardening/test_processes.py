@@ -82,6 +82,7 @@ def test_killed_worker_is_replaced_and_service_recovers(tiny_model_dir: Path, tm
     entries = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     access = [e for e in entries if e["logger"] == "pibloom.access" and e.get("request_id") == "after-the-crash"]
     assert len(access) == 1
-    assert access[0]["http"]["path"] == "/v1/chat/completions" and access[0]["http"]["status"] == 200
+    assert access[0]["path"] == "/v1/chat/completions" and access[0]["status"] == 200
+    assert access[0]["service"] == "api" and access[0]["event"] == "access"
     # uvicorn's own access lines (with query strings, in another format) are replaced by ours.
     assert '"POST /v1/chat/completions HTTP/1.1"' not in text
