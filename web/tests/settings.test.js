@@ -11,6 +11,7 @@ describe('useSettings', () => {
 
   it('keeps values in range whatever is typed or stored', () => {
     expect(normalize({ temperature: '5', maxTokens: '0', systemPrompt: 42 })).toEqual({
+      ...DEFAULTS,
       systemPrompt: '',
       temperature: 2,
       maxTokens: 1,
@@ -25,7 +26,7 @@ describe('useSettings', () => {
     first.update({ systemPrompt: 'Be brief.', temperature: '0.2', maxTokens: '128.4' });
     await nextTick();
     const { settings } = useSettings({ storage });
-    expect({ ...settings }).toEqual({ systemPrompt: 'Be brief.', temperature: 0.2, maxTokens: 128 });
+    expect({ ...settings }).toEqual({ ...DEFAULTS, systemPrompt: 'Be brief.', temperature: 0.2, maxTokens: 128 });
     expect(JSON.parse(storage.getItem(SETTINGS_KEY)).temperature).toBe(0.2);
   });
 

@@ -1,0 +1,36 @@
+// Incremental rendering of a streaming reply. Text only ever grows at the end, so finished Markdown
+// blocks are rendered once and kept; only the open (last) block is parsed and rendered again. The
+// cost of each update follows the size of the open block, not of the whole reply.
+
+import { lastBlockStart, renderMarkdown } from './markdown.js';
+
+export class BlockRenderer {
+  constructor() {
+    this.reset();
+  }
+
+  reset() {
+    this.text = '';
+    this.frozenEnd = 0; // text before this offset is rendered into `blocks` for good
+    this.blocks = []; // [{ id, html }]
+    this.open = '';
+    this.renders = 0;
+  }
+
+  /** Bring the rendering up to `text`; `final` freezes everything (the reply is over). */
+  update(text, { final = false } = {}) {
+    if (!text.startsWith(this.text) || text.length < this.frozenEnd) this.reset();
+    this.text = text;
+    let tail = text.slice(this.frozenEnd);
+    const split = final ? tail.length : lastBlockStart(tail);
+    if (split > 0) {
+      const html = renderMarkdown(tail.slice(0, split));
+      if (html) this.blocks.push({ id: this.blocks.length, html });
+      this.frozenEnd += split;
+      tail = tail.slice(split);
+    }
+    this.open = tail ? renderMarkdown(tail) : '';
+    this.renders += 1;
+    return { blocks: this.blocks, open: this.open };
+  }
+}
