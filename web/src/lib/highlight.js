@@ -4,6 +4,8 @@
 
 /** Blocks bigger than this stay plain: highlighting them would block the page for too long. */
 export const MAX_HIGHLIGHT_CHARS = 20_000;
+/** Highlight for at most this long at a time, then let the page handle input and frames. */
+const SLICE_MS = 8;
 
 let loading = null;
 
@@ -20,9 +22,14 @@ export async function highlightWithin(root) {
   if (!blocks.length) return 0;
   const hljs = await load();
   let done = 0;
+  let sliceStart = performance.now();
   for (const el of blocks) {
+    if (performance.now() - sliceStart > SLICE_MS) {
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      sliceStart = performance.now();
+    }
     const lang = /language-([\w+#-]+)/.exec(el.className)?.[1];
-    if (!el.isConnected || !lang || !hljs.getLanguage(lang)) continue;
+    if (!el.isConnected || el.dataset.highlighted || !lang || !hljs.getLanguage(lang)) continue;
     hljs.highlightElement(el);
     done += 1;
   }
