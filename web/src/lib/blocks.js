@@ -15,6 +15,7 @@ export class BlockRenderer {
     this.blocks = []; // [{ id, html }]
     this.open = '';
     this.renders = 0;
+    this.generation = (this.generation ?? 0) + 1; // changes whenever `blocks` does
   }
 
   /** Bring the rendering up to `text`; `final` freezes everything (the reply is over). */
@@ -25,7 +26,10 @@ export class BlockRenderer {
     const split = final ? tail.length : lastBlockStart(tail);
     if (split > 0) {
       const html = renderMarkdown(tail.slice(0, split));
-      if (html) this.blocks.push({ id: this.blocks.length, html });
+      if (html) {
+        this.blocks.push({ id: this.blocks.length, html });
+        this.generation += 1;
+      }
       this.frozenEnd += split;
       tail = tail.slice(split);
     }
