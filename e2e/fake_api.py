@@ -71,7 +71,7 @@ class FakeApi:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
             def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
@@ -104,7 +104,11 @@ class FakeApi:
                     self._json(404, {"detail": "Not Found"})
 
             def _chat(self, body: dict[str, Any]) -> None:
-                reply = api.replies.popleft() if api.replies else Reply(pieces=[f"You said: {body['messages'][-1]['content']}"])
+                reply = (
+                    api.replies.popleft()
+                    if api.replies
+                    else Reply(pieces=[f"You said: {body['messages'][-1]['content']}"])
+                )
                 if reply.status != 200:
                     error = {"message": reply.error, "type": "error", "code": None}
                     self._json(reply.status, {"error": error}, reply.headers)
@@ -118,7 +122,11 @@ class FakeApi:
                 self.end_headers()
                 sent.started = time.monotonic()
                 for piece in reply.pieces:
-                    chunk = {"object": "chat.completion.chunk", "model": MODEL, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                    chunk = {
+                        "object": "chat.completion.chunk",
+                        "model": MODEL,
+                        "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                    }
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
                     if reply.delay:
@@ -126,7 +134,12 @@ class FakeApi:
                 words = sum(len(p.split()) for p in reply.pieces)
                 prompt = api.count(body["messages"])
                 usage = {"prompt_tokens": prompt, "completion_tokens": words, "total_tokens": prompt + words}
-                last = {"object": "chat.completion.chunk", "model": MODEL, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
+                last = {
+                    "object": "chat.completion.chunk",
+                    "model": MODEL,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    "usage": usage,
+                }
                 self.wfile.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
                 self.wfile.flush()
                 sent.finished = time.monotonic()

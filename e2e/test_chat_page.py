@@ -8,10 +8,10 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from fake_api import MODEL, FakeApi, Reply
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from conftest import ROOT, free_port, stop, wait_ready
-from fake_api import MODEL, FakeApi, Reply
 
 REPLY = 'article[aria-label="piBLOOM"]'
 LONG_TASK_BOUND_MS = 200
@@ -187,9 +187,15 @@ def test_code_is_highlighted_by_a_lazy_chunk_and_copied_by_its_button(
     assert errors == []
 
 
-WIDE_TABLE = "| " + " | ".join(f"column {i}" for i in range(12)) + " |\n|" + "---|" * 12 + "\n| " + " | ".join(
-    f"value{i}" for i in range(12)
-) + " |\n"
+WIDE_TABLE = (
+    "| "
+    + " | ".join(f"column {i}" for i in range(12))
+    + " |\n|"
+    + "---|" * 12
+    + "\n| "
+    + " | ".join(f"value{i}" for i in range(12))
+    + " |\n"
+)
 
 
 def test_a_wide_table_scrolls_sideways_on_a_phone(browser: Browser, fake_web: str, fake_api: FakeApi) -> None:

@@ -232,6 +232,44 @@ describe('replies', () => {
   });
 });
 
+describe('a full context', () => {
+  it('leaves out the oldest turn, says so where it was cut, and shows the meter', async () => {
+    // 700 tokens of context less 512 kept for the reply leave 188; each 60-word message costs 64.
+    const long = (w) => Array(60).fill(w).join(' ');
+    const calls = api([], card({ max_model_len: 700 }));
+    const wrapper = await mountApp();
+    await type(wrapper, long('old'));
+    await vi.waitFor(() => expect(replies(wrapper)).toHaveLength(1));
+    expect(wrapper.find('[data-testid="context-cut"]').exists()).toBe(false);
+    await type(wrapper, long('new'));
+    await vi.waitFor(() => expect(replies(wrapper)).toHaveLength(2));
+    expect(calls[1].messages.map((m) => m.content.split(' ')[0])).toEqual(['new']);
+    // The note sits right before the first message that was still sent.
+    const items = wrapper.findAll('.messages-inner > *');
+    const cut = items.findIndex((el) => el.attributes('data-testid') === 'context-cut');
+    expect(cut).toBe(2);
+    expect(items[3].text()).toContain('new new');
+    expect(wrapper.find('[data-testid="context-cut"]').text()).toContain('no longer fit in the model');
+    expect(wrapper.find('[data-testid="context-meter"]').text()).toContain('1 older turn left out');
+    wrapper.unmount();
+  });
+
+  it('refuses a message that cannot fit alone, with a clear message and no request', async () => {
+    const calls = api([], card({ max_model_len: 560 }));
+    const wrapper = await mountApp();
+    await type(wrapper, Array(60).fill('word').join(' '));
+    await vi.waitFor(() => expect(wrapper.find('[role="alert"]').exists()).toBe(true));
+    expect(calls).toHaveLength(0);
+    const banner = wrapper.find('[role="alert"]');
+    expect(banner.text()).toContain('Message too long');
+    expect(banner.text()).toContain('it needs 64 tokens, and 48 are left');
+    // Retrying would fail the same way: no Retry, the message can be edited instead.
+    expect(banner.findAll('button').map((b) => b.text())).not.toContain('Retry');
+    expect(wrapper.find('[data-testid="turn-note"]').text()).toContain('Not sent');
+    wrapper.unmount();
+  });
+});
+
 describe('settings', () => {
   it('sends the sampling settings the api accepts, with its names', async () => {
     localStorage.setItem(
