@@ -11,9 +11,10 @@ const REPLY = [
   '> quote\n\nLast words <script>x()</script>',
 ].join('');
 
-function textOf(html) {
+function textOf(html, fragment = null) {
   const el = document.createElement('div');
   el.innerHTML = html;
+  if (fragment) el.append(fragment.cloneNode(true));
   return el;
 }
 
@@ -22,7 +23,7 @@ describe('BlockRenderer', () => {
     const renderer = new BlockRenderer();
     for (let i = 1; i <= REPLY.length; i += 3) renderer.update(REPLY.slice(0, i));
     const { blocks, open } = renderer.update(REPLY, { final: true });
-    const streamed = textOf(blocks.map((b) => b.html).join('') + open);
+    const streamed = textOf(blocks.map((b) => b.html).join(''), open);
     const whole = textOf(markdown.renderMarkdown(REPLY));
     expect(streamed.textContent.replace(/\s+/g, ' ')).toBe(whole.textContent.replace(/\s+/g, ' '));
     for (const selector of ['h1', 'ul li', 'pre code', 'table td', 'blockquote', 'script']) {
@@ -33,7 +34,7 @@ describe('BlockRenderer', () => {
   });
 
   it('renders only the open block again: finished blocks are kept as they are', () => {
-    const spy = vi.spyOn(markdown, 'renderMarkdown');
+    const spy = vi.spyOn(markdown, 'renderStreaming');
     const renderer = new BlockRenderer();
     const finished = 'Finished paragraph one.\n\nFinished paragraph two.\n\n';
     renderer.update(finished + 'Open');
@@ -44,14 +45,14 @@ describe('BlockRenderer', () => {
     expect(spy).toHaveBeenCalledTimes(3);
     // Each update rendered the open block only, never the finished text.
     for (const [source] of spy.mock.calls) expect(source.startsWith('Finished')).toBe(false);
-    expect(renderer.open).toContain('Open block grows');
+    expect(renderer.open.textContent).toContain('Open block grows');
   });
 
   it('starts over when the text is replaced rather than extended', () => {
     const renderer = new BlockRenderer();
     renderer.update('one\n\ntwo', { final: true });
     const { blocks, open } = renderer.update('other', { final: true });
-    expect(textOf(blocks.map((b) => b.html).join('') + open).textContent.trim()).toBe('other');
+    expect(textOf(blocks.map((b) => b.html).join(''), open).textContent.trim()).toBe('other');
   });
 });
 

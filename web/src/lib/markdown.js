@@ -30,26 +30,67 @@ md.renderer.rules.fence = (tokens, idx, options, env, self) => {
   );
 };
 
+const SANITIZE = { ADD_ATTR: ['target'] };
+
 export function renderMarkdown(text) {
-  return DOMPurify.sanitize(md.render(text ?? ''), { ADD_ATTR: ['target'] });
+  return DOMPurify.sanitize(md.render(text ?? ''), SANITIZE);
 }
 
-/**
- * Where the last top-level block of `text` starts (a character offset). Everything before it is made
- * of finished blocks: text that streams in later can only extend or follow the last block.
- */
-export function lastBlockStart(text) {
-  const tokens = md.parse(text, {});
-  let line = -1;
-  for (const token of tokens) {
-    if (token.level === 0 && token.map && token.nesting !== -1) line = token.map[0];
-  }
-  if (line <= 0) return 0;
+function lineOffset(text, line) {
   let offset = 0;
   for (let i = 0; i < line; i += 1) {
     const next = text.indexOf('\n', offset);
-    if (next < 0) return 0;
+    if (next < 0) return text.length;
     offset = next + 1;
   }
   return offset;
+}
+
+/**
+ * Render streaming text in one parse: the finished blocks (all but the last top-level block, or all
+ * when `final`) as an HTML string, and the open last block as a sanitised DocumentFragment ready to be
+ * put in the page without parsing HTML a second time. `split` is where the finished text ends.
+ */
+export function renderStreaming(text, { final = false } = {}) {
+  const env = {};
+  const tokens = md.parse(text, env);
+  let index = tokens.length;
+  let split = text.length;
+  if (!final) {
+    for (let i = tokens.length - 1; i >= 0; i -= 1) {
+      const t = tokens[i];
+      if (t.level === 0 && t.map && t.nesting !== -1) {
+        index = i;
+        split = t.map[0] > 0 ? lineOffset(text, t.map[0]) : 0;
+        break;
+      }
+    }
+    if (index === tokens.length) split = 0;
+  }
+  // One sanitising pass (each builds a document): every top-level block renders to one top-level
+  // element, so the open block is the fragment's last element when there is one.
+  const open = DOMPurify.sanitize(md.renderer.render(tokens, md.options, env), {
+    ...SANITIZE,
+    RETURN_DOM_FRAGMENT: true,
+  });
+  const blocks = tokens.filter((t) => t.level === 0 && t.map && t.nesting !== -1).length;
+  if (open.children.length !== blocks) {
+    // Not one element per block after all: render the two parts apart.
+    return {
+      finished: index > 0 ? DOMPurify.sanitize(md.renderer.render(tokens.slice(0, index), md.options, env), SANITIZE) : '',
+      open: DOMPurify.sanitize(md.renderer.render(tokens.slice(index), md.options, env), {
+        ...SANITIZE,
+        RETURN_DOM_FRAGMENT: true,
+      }),
+      split,
+    };
+  }
+  let finished = '';
+  if (index > 0) {
+    const holder = document.createElement('div');
+    const last = index < tokens.length ? open.lastElementChild : null;
+    while (open.firstChild && open.firstChild !== last) holder.append(open.firstChild);
+    finished = holder.innerHTML;
+  }
+  return { finished, open, split };
 }
