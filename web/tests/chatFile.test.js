@@ -25,6 +25,14 @@ describe('chat files', () => {
       JSON.stringify({ format: 'pibloom.chats', version: 1, conversations: [{ messages: [{ role: 'user', content: 5 }] }] }),
       'Conversation 1, message 1, has no text content.',
     ],
+    [
+      JSON.stringify({
+        format: 'pibloom.chats',
+        version: 1,
+        conversations: [{ messages: [{ role: 'assistant', content: 'x', versions: [{ content: 1 }], version: 0 }] }],
+      }),
+      'Conversation 1, message 1, has alternative replies that are not valid.',
+    ],
   ])('rejects %s', (text, message) => {
     expect(() => parseChatFile(text)).toThrow(ImportError);
     expect(() => parseChatFile(text)).toThrow(message);

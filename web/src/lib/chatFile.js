@@ -27,6 +27,15 @@ function checkMessage(m, where) {
   if (!m || typeof m !== 'object') throw new ImportError(`${where} is not an object.`);
   if (!['user', 'assistant'].includes(m.role)) throw new ImportError(`${where} has role "${m.role}"; expected user or assistant.`);
   if (typeof m.content !== 'string') throw new ImportError(`${where} has no text content.`);
+  if (m.versions != null) {
+    const ok =
+      Array.isArray(m.versions) &&
+      m.versions.every((v) => v && typeof v === 'object' && typeof v.content === 'string') &&
+      Number.isInteger(m.version) &&
+      m.version >= 0 &&
+      m.version < m.versions.length;
+    if (!ok) throw new ImportError(`${where} has alternative replies that are not valid.`);
+  }
 }
 
 /**
