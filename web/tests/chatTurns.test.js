@@ -13,7 +13,7 @@ afterEach(() => {
   vi.unstubAllGlobals();
 });
 
-function setup({ systemPrompt = '', contextLength = 2048, maxTokens = 64, stream } = {}) {
+function setup({ systemPrompt = '', contextLength = 2048, maxTokens = 64, stream, frame } = {}) {
   const store = useConversations({ storage: memoryStorage() });
   const settings = reactive({ ...DEFAULTS, systemPrompt, maxTokens });
   const modelInfo = { model: ref({ id: 'tiny', contextLength, capabilities: [] }), error: ref(null), refresh: vi.fn() };
@@ -25,7 +25,7 @@ function setup({ systemPrompt = '', contextLength = 2048, maxTokens = 64, stream
     });
   const count = async (messages) => ({ count: fakeCount(messages), contextLength });
   let t = 0;
-  const chat = useChat({ store, settings, modelInfo, stream: stream ?? manual, count, clock: () => (t += 100) });
+  const chat = useChat({ store, settings, modelInfo, stream: stream ?? manual, count, clock: () => (t += 100), frame });
   return { store, chat, calls, settings };
 }
 
@@ -232,6 +232,26 @@ describe('several chats', () => {
     callA.resolve({ finishReason: 'stop' });
     await a;
     expect(store.find(idA).messages.at(-1)).toMatchObject({ content: 'still here', status: 'done' });
+  });
+});
+
+describe('streaming text', () => {
+  it('joins the reply once per frame however many chunks arrive', async () => {
+    const frames = [];
+    const frame = (fn) => Object.assign(() => frames.push(fn), { cancel: () => frames.splice(0) });
+    const { store, chat, calls } = setup({ frame });
+    const pending = chat.send('many chunks');
+    const call = await nextCall(calls, 1);
+    const reply = store.active.value.messages[1];
+    for (let i = 0; i < 100; i += 1) call.onDelta(`${i} `);
+    expect(reply.content).toBe('');
+    frames.shift()();
+    expect(reply.content.split(' ')).toHaveLength(101);
+    call.onDelta('last');
+    // The end of the stream adds what is still waiting for a frame.
+    call.resolve({ finishReason: 'stop' });
+    await pending;
+    expect(reply.content.endsWith('99 last')).toBe(true);
   });
 });
 

@@ -43,7 +43,10 @@ describe('useChat', () => {
     calls[0].onDelta('Hel');
     expect(chat.status.value).toBe('streaming');
     calls[0].onDelta('lo!');
-    expect(store.active.value.messages.at(-1)).toMatchObject({ role: 'assistant', content: 'Hello!', status: 'streaming' });
+    // The text joins the reply at the next animation frame, both pieces at once.
+    await vi.waitFor(() =>
+      expect(store.active.value.messages.at(-1)).toMatchObject({ role: 'assistant', content: 'Hello!', status: 'streaming' }),
+    );
     calls[0].resolve({ finishReason: 'stop' });
     await first;
     expect(chat.status.value).toBe('idle');

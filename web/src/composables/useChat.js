@@ -4,6 +4,7 @@
 
 import { computed, reactive } from 'vue';
 import { ApiError, countTokens, streamChatCompletion } from '../lib/api.js';
+import { perFrame } from '../lib/frame.js';
 import {
   dropVersion,
   fitToContext,
@@ -35,6 +36,7 @@ export function useChat({
   stream = streamChatCompletion,
   count = countTokens,
   clock = () => performance.now(),
+  frame = perFrame,
 }) {
   const runs = reactive({}); // conversation id -> { status, controller }
   const errors = reactive({}); // conversation id -> describeError(...)
@@ -121,6 +123,18 @@ export function useChat({
       else reply = store.addMessage({ role: 'assistant', content: '', status: 'streaming' }, conversation);
       const started = clock();
       let firstToken = null;
+      // Tokens join the reply once per animation frame, not once per chunk: everything that follows
+      // a change (rendering, the store's watcher, scrolling) then runs at most once per frame too.
+      let pending = '';
+      const addPending = () => {
+        reply.content += pending;
+        pending = '';
+      };
+      const scheduleText = frame(addPending);
+      const flushText = () => {
+        scheduleText.cancel();
+        if (pending) addPending();
+      };
       try {
         const { finishReason, usage } = await stream(
           { model: model.id, messages, ...samplingParams(settings, { jsonSupported: jsonSupported(model) }) },
@@ -132,10 +146,12 @@ export function useChat({
                 firstToken = clock();
                 runs[id].status = 'streaming';
               }
-              reply.content += text;
+              pending += text;
+              scheduleText();
             },
           },
         );
+        flushText();
         reply.status = 'done';
         reply.truncated = finishReason === 'length';
         reply.usage = usage ?? null;
@@ -144,6 +160,7 @@ export function useChat({
           contexts[id] = { ...contexts[id], tokens: usage.total_tokens, contextLength: model.contextLength };
         }
       } catch (err) {
+        flushText();
         const stopped = signal.aborted && !(err instanceof ApiError);
         if (!stopped) fail(err);
         if (reply.content) {
