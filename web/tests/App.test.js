@@ -1,7 +1,7 @@
 import { flushPromises, mount } from '@vue/test-utils';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import App from '../src/App.vue';
-import { chatSse, jsonResponse, sseResponse } from './helpers.js';
+import { chatSse, fakeCount, jsonResponse, sseResponse } from './helpers.js';
 
 const MODELS = { object: 'list', data: [{ id: 'SmolLM2-135M-Instruct', object: 'model', max_model_len: 8192 }] };
 
@@ -11,12 +11,16 @@ afterEach(() => {
   document.body.innerHTML = '';
 });
 
-/** fetch that answers /v1/models and then the queued chat responses in order. */
-function api(chatResponses) {
+/** fetch that answers /v1/models and /tokenize, then the queued chat responses in order. */
+function api(chatResponses, { models = MODELS } = {}) {
   const calls = [];
   const fetch = vi.fn(async (url, init) => {
-    calls.push({ url, body: init?.body ? JSON.parse(init.body) : null });
-    if (url === '/api/v1/models') return jsonResponse(MODELS);
+    const body = init?.body ? JSON.parse(init.body) : null;
+    if (url === '/api/v1/models') return jsonResponse(models);
+    if (url === '/api/tokenize') {
+      return jsonResponse({ tokens: [], count: fakeCount(body.messages), max_model_len: models.data[0].max_model_len });
+    }
+    calls.push({ url, body });
     const next = chatResponses.shift();
     if (next instanceof Error) throw next;
     return next();

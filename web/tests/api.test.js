@@ -31,6 +31,7 @@ describe('streamChatCompletion', () => {
       model: 'm',
       messages: [{ role: 'user', content: 'hi' }],
       stream: true,
+      stream_options: { include_usage: true },
       temperature: 0.3,
       max_tokens: 42,
     });
@@ -87,7 +88,8 @@ describe('streamChatCompletion', () => {
     vi.stubGlobal('fetch', async () => sseResponse(body));
     const err = await failure(streamChatCompletion(request, { onDelta() {} }));
     expect(err.kind).toBe('server');
-    expect(err.message).toBe('engine died');
+    expect(err.message).toBe('Generation failed part-way.');
+    expect(err.detail).toBe('engine died');
   });
 
   it('rejects with AbortError when the signal fires mid-stream', async () => {
@@ -124,7 +126,16 @@ describe('fetchModel', () => {
       expect(url).toBe('/api/v1/models');
       return jsonResponse({ object: 'list', data: [{ id: 'SmolLM2', object: 'model', max_model_len: 8192 }] });
     });
-    expect(await fetchModel()).toEqual({ id: 'SmolLM2', contextLength: 8192 });
+    expect(await fetchModel()).toEqual({ id: 'SmolLM2', contextLength: 8192, capabilities: [], defaults: {} });
+  });
+
+  it("reads the server's chat defaults, ignoring what is not a number", async () => {
+    vi.stubGlobal('fetch', async () =>
+      jsonResponse({
+        data: [{ id: 'm', max_model_len: 2048, defaults: { temperature: 0.3, max_tokens: 'lots', top_p: 0.9 } }],
+      }),
+    );
+    expect((await fetchModel()).defaults).toEqual({ temperature: 0.3 });
   });
 
   it('fails clearly when the proxy cannot reach the api', async () => {

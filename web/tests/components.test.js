@@ -136,8 +136,8 @@ describe('SettingsDialog', () => {
     await maxTokens.trigger('change');
     expect(wrapper.emitted('update')).toEqual([
       [{ systemPrompt: 'Answer in French.' }],
-      [{ temperature: '1.25' }],
-      [{ maxTokens: '300' }],
+      [{ temperature: 1.25 }],
+      [{ maxTokens: 300 }],
     ]);
     wrapper.unmount();
   });

@@ -17,8 +17,9 @@ async function settle() {
 }
 
 describe('titleFrom', () => {
-  it('uses the first message on one line, without Markdown markers', () => {
-    expect(titleFrom('  # Hello\n\n**world**  ')).toBe('Hello world');
+  it('keeps what the user typed, Markdown characters included, on one line', () => {
+    expect(titleFrom('  # Hello\n\n**world**  ')).toBe('# Hello **world**');
+    expect(titleFrom('snake_case *x* ~y~ `z` <b>tag</b>')).toBe('snake_case *x* ~y~ `z` <b>tag</b>');
   });
 
   it('cuts long messages at a word boundary', () => {
@@ -121,7 +122,7 @@ describe('useConversations', () => {
       await nextTick();
     }
     vi.runAllTimers();
-    expect(writes).toHaveBeenCalledTimes(1);
+    expect(writes.mock.calls.filter(([key]) => key === STORAGE_KEY)).toHaveLength(1);
     expect(JSON.parse(storage.getItem(STORAGE_KEY))[0].messages[1].content).toContain('49');
   });
 });

@@ -45,3 +45,8 @@ export function memoryStorage(initial = {}) {
     data,
   };
 }
+
+/** Tokens of chat messages as the fake api counts them: 4 per message plus 1 per word. */
+export function fakeCount(messages) {
+  return messages.reduce((n, m) => n + 4 + m.content.split(/\s+/).filter(Boolean).length, 0);
+}

@@ -42,6 +42,18 @@ describe('renderMarkdown', () => {
     }
   });
 
+  it('wraps tables to scroll sideways and gives code blocks a labelled Copy button', () => {
+    const el = document.createElement('div');
+    el.innerHTML = renderMarkdown('| a | b |\n|---|---|\n| 1 | 2 |\n\n```sh\nls\n```\n\n<button data-copy-code>fake</button>');
+    expect(el.querySelector('.table-scroll > table td').textContent).toBe('1');
+    const block = el.querySelector('.code-block');
+    expect(block.querySelector('.code-lang').textContent).toBe('sh');
+    expect(block.querySelector('button[data-copy-code]').textContent).toBe('Copy');
+    // Only the page's own buttons: the model's markup stays text.
+    expect(el.querySelectorAll('button')).toHaveLength(1);
+    expect(el.textContent).toContain('<button data-copy-code>fake</button>');
+  });
+
   it('opens links in a new tab without a handle on this page', () => {
     const el = document.createElement('div');
     el.innerHTML = renderMarkdown('See [docs](https://example.com/docs) or https://example.org');

@@ -11,6 +11,7 @@ describe('useSettings', () => {
 
   it('keeps values in range whatever is typed or stored', () => {
     expect(normalize({ temperature: '5', maxTokens: '0', systemPrompt: 42 })).toEqual({
+      ...DEFAULTS,
       systemPrompt: '',
       temperature: 2,
       maxTokens: 1,
@@ -19,13 +20,26 @@ describe('useSettings', () => {
     expect(normalize(null)).toEqual(DEFAULTS);
   });
 
+  it("starts from the server's defaults, keeping what the user changed", () => {
+    const { settings, update, reset, adoptDefaults } = useSettings({ storage: memoryStorage() });
+    update({ maxTokens: 100 });
+    adoptDefaults({ temperature: 0.3, maxTokens: 256 });
+    expect(settings.temperature).toBe(0.3); // was at the old default: follows the server
+    expect(settings.maxTokens).toBe(100); // the user's own choice stays
+    adoptDefaults({ temperature: 9 }); // out of range: clamped like anything typed
+    expect(settings.temperature).toBe(2);
+    reset();
+    expect(settings.maxTokens).toBe(256);
+    expect(settings.temperature).toBe(2);
+  });
+
   it('saves changes and loads them in a new page', async () => {
     const storage = memoryStorage();
     const first = useSettings({ storage });
     first.update({ systemPrompt: 'Be brief.', temperature: '0.2', maxTokens: '128.4' });
     await nextTick();
     const { settings } = useSettings({ storage });
-    expect({ ...settings }).toEqual({ systemPrompt: 'Be brief.', temperature: 0.2, maxTokens: 128 });
+    expect({ ...settings }).toEqual({ ...DEFAULTS, systemPrompt: 'Be brief.', temperature: 0.2, maxTokens: 128 });
     expect(JSON.parse(storage.getItem(SETTINGS_KEY)).temperature).toBe(0.2);
   });
 

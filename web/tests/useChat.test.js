@@ -3,14 +3,22 @@ import { reactive, ref } from 'vue';
 import { buildMessages, useChat } from '../src/composables/useChat.js';
 import { useConversations } from '../src/composables/useConversations.js';
 import { ApiError } from '../src/lib/api.js';
-import { memoryStorage } from './helpers.js';
+import { DEFAULTS } from '../src/composables/useSettings.js';
+import { fakeCount, memoryStorage } from './helpers.js';
 
-function setup(stream, { systemPrompt = '' } = {}) {
+function setup(stream, { systemPrompt = '', contextLength = 2048, maxTokens = 64, count } = {}) {
   const store = useConversations({ storage: memoryStorage() });
-  const settings = reactive({ systemPrompt, temperature: 0.5, maxTokens: 64 });
-  const modelInfo = { model: ref({ id: 'tiny', contextLength: 2048 }), error: ref(null), refresh: vi.fn() };
-  const chat = useChat({ store, settings, modelInfo, stream });
-  return { store, chat, modelInfo };
+  const settings = reactive({ ...DEFAULTS, systemPrompt, temperature: 0.5, maxTokens });
+  const modelInfo = { model: ref({ id: 'tiny', contextLength, capabilities: [] }), error: ref(null), refresh: vi.fn() };
+  const counted = [];
+  const counter =
+    count ??
+    (async (messages) => {
+      counted.push(messages);
+      return { count: fakeCount(messages), contextLength };
+    });
+  const chat = useChat({ store, settings, modelInfo, stream, count: counter });
+  return { store, chat, modelInfo, settings, counted };
 }
 
 /** A stream function the test drives by hand: push tokens, then finish or fail. */
@@ -35,7 +43,10 @@ describe('useChat', () => {
     calls[0].onDelta('Hel');
     expect(chat.status.value).toBe('streaming');
     calls[0].onDelta('lo!');
-    expect(store.active.value.messages.at(-1)).toMatchObject({ role: 'assistant', content: 'Hello!', status: 'streaming' });
+    // The text joins the reply at the next animation frame, both pieces at once.
+    await vi.waitFor(() =>
+      expect(store.active.value.messages.at(-1)).toMatchObject({ role: 'assistant', content: 'Hello!', status: 'streaming' }),
+    );
     calls[0].resolve({ finishReason: 'stop' });
     await first;
     expect(chat.status.value).toBe('idle');
@@ -47,6 +58,12 @@ describe('useChat', () => {
       model: 'tiny',
       temperature: 0.5,
       maxTokens: 64,
+      topP: null,
+      topK: null,
+      repetitionPenalty: null,
+      stop: [],
+      seed: null,
+      json: false,
       messages: [
         { role: 'system', content: 'Be brief.' },
         { role: 'user', content: 'Hi there' },
@@ -102,7 +119,12 @@ describe('useChat', () => {
     await vi.waitFor(() => expect(calls).toHaveLength(1));
     calls[0].reject(new ApiError('overloaded', 'The server is busy with other requests.', { status: 503, retryAfter: 3 }));
     await pending;
-    expect(chat.error.value).toEqual({ kind: 'overloaded', message: 'The server is busy with other requests.', retryAfter: 3 });
+    expect(chat.error.value).toEqual({
+      kind: 'overloaded',
+      message: 'The server is busy with other requests.',
+      detail: '',
+      retryAfter: 3,
+    });
     expect(chat.status.value).toBe('idle');
     expect(store.active.value.messages.map((m) => m.role)).toEqual(['user']);
 
@@ -156,18 +178,28 @@ describe('useChat', () => {
 });
 
 describe('buildMessages', () => {
-  it('leaves out broken and empty turns', () => {
+  it('leaves out turns without a usable reply, so roles alternate', () => {
     const conversation = {
       messages: [
         { role: 'user', content: 'a', status: 'done' },
+        { role: 'assistant', content: 'A', status: 'done' },
+        { role: 'user', content: 'refused', status: 'failed' },
+        { role: 'user', content: 'b', status: 'done' },
         { role: 'assistant', content: 'half', status: 'error' },
+        { role: 'user', content: 'c', status: 'done' },
         { role: 'assistant', content: '  ', status: 'stopped' },
-        { role: 'assistant', content: 'b', status: 'stopped' },
+        { role: 'user', content: 'd', status: 'done' },
+        { role: 'assistant', content: 'D so far', status: 'stopped' },
+        { role: 'user', content: 'now', status: 'done' },
       ],
     };
-    expect(buildMessages(conversation, '  ')).toEqual([
+    expect(buildMessages(conversation, '  Be kind. ')).toEqual([
+      { role: 'system', content: 'Be kind.' },
       { role: 'user', content: 'a' },
-      { role: 'assistant', content: 'b' },
+      { role: 'assistant', content: 'A' },
+      { role: 'user', content: 'd' },
+      { role: 'assistant', content: 'D so far' },
+      { role: 'user', content: 'now' },
     ]);
   });
 });

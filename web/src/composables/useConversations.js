@@ -4,15 +4,13 @@ import { computed, getCurrentScope, onScopeDispose, ref, watch } from 'vue';
 import { newId } from '../lib/ids.js';
 
 export const STORAGE_KEY = 'pibloom.conversations.v1';
+export const ACTIVE_KEY = 'pibloom.active.v1';
 const TITLE_MAX = 60;
 const SAVE_DELAY_MS = 300;
 
-/** A short title from the first message: one line, markdown markers dropped, cut at a word. */
+/** A short title from the first message: one line, as typed (shown as text), cut at a word. */
 export function titleFrom(text) {
-  const line = String(text)
-    .replace(/[#>*_`~]+/g, ' ')
-    .replace(/\s+/g, ' ')
-    .trim();
+  const line = String(text).replace(/\s+/g, ' ').trim();
   if (!line) return 'New chat';
   if (line.length <= TITLE_MAX) return line;
   const cut = line.slice(0, TITLE_MAX);
@@ -52,8 +50,29 @@ function load(storage) {
  */
 export function useConversations({ storage = window.localStorage, now = Date.now } = {}) {
   const conversations = ref(load(storage));
-  const activeId = ref(null);
+  const activeId = ref(initialActive());
   const storageError = ref('');
+
+  // Reload opens the conversation that was open; a first visit opens the most recent one.
+  function initialActive() {
+    let stored = null;
+    try {
+      stored = storage.getItem(ACTIVE_KEY);
+    } catch {
+      stored = null;
+    }
+    if (stored === 'new') return null;
+    if (stored && conversations.value.some((c) => c.id === stored)) return stored;
+    const recent = [...conversations.value].sort((a, b) => b.updatedAt - a.updatedAt)[0];
+    return recent?.id ?? null;
+  }
+  watch(activeId, (id) => {
+    try {
+      storage.setItem(ACTIVE_KEY, id ?? 'new');
+    } catch {
+      // Storage disabled: reload opens the most recent conversation instead.
+    }
+  });
 
   const sorted = computed(() => [...conversations.value].sort((a, b) => b.updatedAt - a.updatedAt));
   const active = computed(() => conversations.value.find((c) => c.id === activeId.value) ?? null);
@@ -111,9 +130,60 @@ export function useConversations({ storage = window.localStorage, now = Date.now
     activeId.value = null;
   }
 
+  /** Delete a conversation; returns what `restore` needs to undo it (null when there was none). */
   function remove(id) {
-    conversations.value = conversations.value.filter((c) => c.id !== id);
-    if (activeId.value === id) activeId.value = null;
+    const index = conversations.value.findIndex((c) => c.id === id);
+    if (index < 0) return null;
+    const [removed] = conversations.value.splice(index, 1);
+    const wasActive = activeId.value === id;
+    if (wasActive) activeId.value = null;
+    return { conversation: removed, wasActive };
+  }
+
+  /** Undo a `remove`. */
+  function restore(removed) {
+    if (!removed || conversations.value.some((c) => c.id === removed.conversation.id)) return;
+    conversations.value.push(removed.conversation);
+    if (removed.wasActive && activeId.value === null) activeId.value = removed.conversation.id;
+  }
+
+  /** Rename a conversation; a blank name keeps the old one. */
+  function rename(id, title) {
+    const conversation = conversations.value.find((c) => c.id === id);
+    const clean = String(title ?? '').replace(/\s+/g, ' ').trim();
+    if (!conversation || !clean) return false;
+    conversation.title = clean.slice(0, 200);
+    return true;
+  }
+
+  /**
+   * Add imported conversations beside the existing ones (never replacing any): ids that are taken
+   * get new ones. Returns how many were added.
+   */
+  function importConversations(list) {
+    const taken = new Set(conversations.value.map((c) => c.id));
+    for (const c of list) {
+      const id = c.id && !taken.has(c.id) ? c.id : newId();
+      taken.add(id);
+      const created = c.createdAt || now();
+      conversations.value.push({
+        ...c,
+        id,
+        createdAt: created,
+        updatedAt: c.updatedAt || created,
+        messages: c.messages.map((m) => ({ ...m, id: m.id || newId() })),
+      });
+    }
+    return list.length;
+  }
+
+  /** Conversations whose title or text contains `query` (case-insensitive), most recent first. */
+  function search(query) {
+    const q = String(query ?? '').trim().toLowerCase();
+    if (!q) return sorted.value;
+    return sorted.value.filter(
+      (c) => c.title.toLowerCase().includes(q) || c.messages.some((m) => m.content.toLowerCase().includes(q)),
+    );
   }
 
   /**
@@ -140,9 +210,38 @@ export function useConversations({ storage = window.localStorage, now = Date.now
     if (index >= 0) conversation.messages.splice(index, 1);
   }
 
+  /** Remove every message after `messageId` (editing an earlier message starts the chat over from it). */
+  function truncateAfter(conversation, messageId) {
+    const index = conversation.messages.findIndex((m) => m.id === messageId);
+    if (index >= 0) conversation.messages.splice(index + 1);
+  }
+
+  function find(id) {
+    return conversations.value.find((c) => c.id === id) ?? null;
+  }
+
   function touch(conversation) {
     conversation.updatedAt = now();
   }
 
-  return { conversations, sorted, activeId, active, storageError, select, startNew, remove, addMessage, removeMessage, touch, flush };
+  return {
+    conversations,
+    sorted,
+    activeId,
+    active,
+    storageError,
+    select,
+    startNew,
+    remove,
+    restore,
+    rename,
+    importConversations,
+    search,
+    find,
+    addMessage,
+    removeMessage,
+    truncateAfter,
+    touch,
+    flush,
+  };
 }

@@ -14,5 +14,11 @@ export const PATHS = {
   chat: 'M5 5h14v10H9l-4 4z',
   retry: 'M19 12a7 7 0 1 1-2.05-4.95M19 4v4h-4',
   alert: 'M12 4l9 16H3zM12 10v4M12 17h.01',
+  edit: 'M4 20h4L19 9l-4-4L4 16zM13.5 6.5l4 4',
+  left: 'M15 6l-6 6 6 6',
+  right: 'M9 6l6 6-6 6',
+  download: 'M12 4v11M7 10l5 5 5-5M5 20h14',
+  upload: 'M12 20V9M7 14l5-5 5 5M5 4h14',
+  search: 'M11 4a7 7 0 1 0 0 14a7 7 0 1 0 0-14M16 16l4 4',
   chip: 'M8 8h8v8H8zM10 3v3M14 3v3M10 18v3M14 18v3M3 10h3M3 14h3M18 10h3M18 14h3',
 };

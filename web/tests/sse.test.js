@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from 'vitest';
-import { readEventStream } from '../src/composables/useEventStream.js';
+import { readEventStream } from '../src/lib/sse.js';
 import { byteStream } from './helpers.js';
 
 async function collect(stream) {
