@@ -17,6 +17,7 @@ from pibloom.metrics import Metrics
 from generation import greedy, ids, reference, run
 
 LAYERS = 2
+MODEL = {"model_name": "unknown"}  # an engine's own Metrics, never bound to a model name
 
 
 def kv(tokens: int, value: float = 0.0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -61,8 +62,8 @@ def test_memory_is_bounded_and_evicted_least_recently_used() -> None:
     assert len(cache) == 2 and cache.nbytes <= per_entry * 2
     assert cache.lookup([*second, 5]) is None  # evicted
     assert cache.lookup([*first, 5]) is not None
-    assert metrics.registry.get_sample_value("pibloom_prefix_cache_bytes") == cache.nbytes
-    assert metrics.registry.get_sample_value("pibloom_prefix_cache_hits_total") == 40
+    assert metrics.registry.get_sample_value("pibloom_prefix_cache_bytes", MODEL) == cache.nbytes
+    assert metrics.registry.get_sample_value("pibloom_prefix_cache_hits_total", MODEL) == 40
     assert cache.lookup(list(range(500))) is None  # a query that is longer than any entry
     cache.store(list(range(1000)), *kv(1000))  # larger than the whole budget: not kept
     assert len(cache) == 2
@@ -88,12 +89,12 @@ async def test_next_turn_reuses_the_conversation_with_identical_greedy_output(
 ) -> None:
     first = ids(model, "The quick brown fox jumps over the lazy dog. Raspberry Pi clusters")
     reply, _, _ = await run(reusing, first, greedy(12))
-    hits = reusing.metrics.registry.get_sample_value("pibloom_prefix_cache_hits_total")
+    hits = reusing.metrics.registry.get_sample_value("pibloom_prefix_cache_hits_total", MODEL)
     assert hits == 0
     # The next turn: the whole conversation so far, then a new question.
     second = first + reply + ids(model, " Hello, how are you today?")
     tokens, _, _ = await run(reusing, second, greedy(16))
-    reused = reusing.metrics.registry.get_sample_value("pibloom_prefix_cache_hits_total")
+    reused = reusing.metrics.registry.get_sample_value("pibloom_prefix_cache_hits_total", MODEL)
     # The first reply's last token was sampled but never fed through the model: all else is reused.
     assert reused == len(first) + len(reply) - 1
     assert tokens == reference(model, second, 16)
@@ -108,7 +109,7 @@ async def test_reuse_inside_a_running_batch_keeps_every_row_exact(reusing: Engin
     results = await asyncio.gather(*(run(reusing, p, greedy(10)) for p in follow_ups + others))
     for prompt, (tokens, _, _) in zip(follow_ups + others, results, strict=True):
         assert tokens == reference(model, prompt, 10)
-    assert reusing.metrics.registry.get_sample_value("pibloom_prefix_cache_hits_total") >= 3 * len(base)
+    assert reusing.metrics.registry.get_sample_value("pibloom_prefix_cache_hits_total", MODEL) >= 3 * len(base)
 
 
 async def test_prompt_logprobs_are_never_served_from_the_cache(reusing: Engine, model: LoadedModel) -> None:
