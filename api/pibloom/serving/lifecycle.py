@@ -140,9 +140,16 @@ class ModelHost:
     def retry_after(self) -> int:
         return self.settings.retry_after_seconds
 
+    @property
+    def model_names(self) -> list[str]:
+        """The served model's id, then its aliases (`PIBLOOM_SERVED_MODEL_NAMES`)."""
+        names = [self.model_name]
+        names.extend(n for n in self.settings.served_model_names if n not in names)
+        return names
+
     def serves(self, name: str) -> bool:
-        """Whether `name` names the served model (its full id or the last part of a hub id)."""
-        return name in {self.model_name, self.model_name.split("/")[-1]}
+        """Whether `name` names the served model (its id, the last part of a hub id, or an alias)."""
+        return name in {*self.model_names, self.model_name.split("/")[-1]}
 
     def check_model(self, requested: str | None) -> None:
         if requested is not None and not self.serves(requested):
