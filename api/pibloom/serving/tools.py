@@ -88,13 +88,21 @@ def call_schema(request: ToolRequest) -> dict[str, Any]:
     options = [
         {
             "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+            "properties": {"name": {"const": t.name}, "arguments": _closed(t.parameters)},
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
         for t in allowed
     ]
     return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def _closed(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Arguments hold the declared properties only, unless the schema says otherwise (as OpenAI's
+    strict mode requires): a small model would otherwise invent extra ones until max_tokens."""
+    if parameters.get("type") == "object" and "additionalProperties" not in parameters:
+        return {**parameters, "additionalProperties": False}
+    return parameters
 
 
 def template_renders_tools(tokenizer: Any) -> bool:
