@@ -290,3 +290,10 @@ def test_vllm_tokenize_fields(base_url: str) -> None:
 def test_bare_health(base_url: str) -> None:
     response = httpx.get(f"{base_url}/health")
     assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+def test_max_completion_tokens_and_top_k_and_repetition_penalty(base_url: str) -> None:
+    body = {"max_completion_tokens": 3, "temperature": 0.0, "top_k": 5, "repetition_penalty": 1.3}
+    answer = chat(base_url, **body).json()
+    assert answer["usage"]["completion_tokens"] <= 3
+    assert answer["choices"][0]["finish_reason"] in ("length", "stop")
