@@ -24,7 +24,9 @@ SCHEMAS: dict[str, tuple[dict[str, Any], Any]] = {
     "nested object": (
         {
             "type": "object",
-            "properties": {"user": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}},
+            "properties": {
+                "user": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+            },
             "required": ["user"],
         },
         {"user": {"name": "Ada"}},
@@ -62,7 +64,9 @@ SCHEMAS: dict[str, tuple[dict[str, Any], Any]] = {
     "if/then": ({"if": {"type": "integer"}, "then": {"minimum": 0}}, 1),
     "recursive $ref": (
         {
-            "$defs": {"node": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
+            "$defs": {
+                "node": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}
+            },
             "$ref": "#/$defs/node",
         },
         {"kids": [{"kids": []}]},

@@ -245,7 +245,13 @@ class Engine:
     def _admit(self) -> None:
         while self._waiting and self._rows_held() + self._waiting[0].params.n <= self.max_rows:
             request = self._waiting.popleft()
-            self._prefilling.append(self._sequence(request, 0))
+            try:
+                seq = self._sequence(request, 0)
+            except Exception as exc:  # e.g. a grammar the serving layer passed but cannot be built here
+                log.exception("request %d cannot start", request.id)
+                request.emit(Event(text="", token_ids=[], finish_reason="error", error=f"cannot start: {exc}"))
+                continue
+            self._prefilling.append(seq)
         self.metrics.queue_depth.set(len(self._waiting))
 
     def _sequence(self, request: Request, choice: int) -> _Sequence:
@@ -366,6 +372,7 @@ class Engine:
         seq.prefill_cache = None
         n = seq.request.params.n
         for choice in [seq] + [self._sequence(seq.request, i) for i in range(1, n)]:
+            choice.prompt_lp = seq.prompt_lp  # echo's prompt logprobs go with every choice
             self._join_row(choice, logits, prefill_cache, src_row)
 
     def _join_row(self, seq: _Sequence, logits: torch.Tensor, prefill_cache: Any, src_row: int) -> None:

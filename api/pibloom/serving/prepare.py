@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..engine.constraints import grammar_tokenizer
 from ..engine.loader import LoadedModel
 from ..engine.request import SamplingParams
 from ..settings import Settings
@@ -135,6 +136,10 @@ def vocab_size(loaded: LoadedModel) -> int:
     return max(int(getattr(loaded.model.config, "vocab_size", 0) or 0), len(loaded.tokenizer))
 
 
+def warm_grammar(loaded: LoadedModel) -> None:
+    grammar_tokenizer(loaded.tokenizer, vocab_size(loaded))
+
+
 def output_grammar(loaded: LoadedModel, output: OutputFormat | None, tools: ToolRequest | None = None) -> str | None:
     """The grammar a reply must follow: a forced tool call, else the response format, else none."""
     if tools is not None and tools.constrained:
@@ -153,16 +158,17 @@ def check_logit_bias(loaded: LoadedModel, bias: tuple[tuple[int, float], ...]) -
             raise bad_request(f"logit_bias values must be in [-100, 100]; got {value}", param="logit_bias")
 
 
-def check_capacity(settings: Settings, n: int, prompt_tokens: int, max_tokens: int) -> None:
-    """n choices are n rows of the batch, each holding the prompt and up to `max_tokens` more."""
+def check_capacity(settings: Settings, n: int, prompt_tokens: int, max_tokens: int, rows: int | None = None) -> None:
+    """n choices are n rows of the batch (`rows`: the engine's, e.g. 1 without batching), each holding
+    the prompt and up to `max_tokens` more."""
     if not 1 <= n <= MAX_CHOICES:
         raise bad_request(f"n must be between 1 and {MAX_CHOICES}, got {n}", param="n")
-    rows = settings.max_batch_size
+    rows = rows or settings.max_batch_size
     if n > rows:
         raise bad_request(
             f"n={n} choices x ({prompt_tokens} prompt + {max_tokens} max_tokens) tokens need {n} batch rows "
             f"of {prompt_tokens + max_tokens} tokens; this server holds at most {rows} sequences at once "
-            "(PIBLOOM_MAX_BATCH_SIZE): ask for fewer choices",
+            "(PIBLOOM_MAX_BATCH_SIZE, PIBLOOM_BATCHING): ask for fewer choices",
             param="n",
             code="capacity_exceeded",
         )
@@ -195,6 +201,7 @@ def sampling_params(
     logprobs: int | None = None,
     prompt_logprobs: bool = False,
     grammar: str | None = None,
+    rows: int | None = None,
 ) -> SamplingParams:
     if len(sampling.stop) > MAX_STOPS:
         raise bad_request(f"at most {MAX_STOPS} stop sequences", param="stop")
@@ -219,7 +226,7 @@ def sampling_params(
     else:
         max_tokens = min(default_max or settings.max_tokens_default, limit - prompt_tokens)
     n = 1 if sampling.n is None else sampling.n
-    check_capacity(settings, n, prompt_tokens, max_tokens)
+    check_capacity(settings, n, prompt_tokens, max_tokens, rows)
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if sampling.temperature is None else sampling.temperature,

@@ -66,7 +66,9 @@ class Service:
             tools = check_tools(tools)
         ids = prepare.chat_prompt(loaded, messages, tools)
         grammar = prepare.output_grammar(loaded, sampling.output, tools)
-        params = prepare.sampling_params(loaded, self.settings, sampling, len(ids), logprobs=logprobs, grammar=grammar)
+        params = prepare.sampling_params(
+            loaded, self.settings, sampling, len(ids), logprobs=logprobs, grammar=grammar, rows=engine.max_rows
+        )
         return Generation(engine, Prepared(ids, params), self.host.retry_after)
 
     def completion(
@@ -92,6 +94,7 @@ class Service:
             logprobs=logprobs,
             prompt_logprobs=echo and logprobs is not None,
             grammar=grammar,
+            rows=engine.max_rows,
         )
         return Generation(engine, Prepared(ids, params), self.host.retry_after)
 

@@ -176,3 +176,15 @@ def test_nothing_above_returned_a_5xx(base_url: str) -> None:
     statuses = {line.split('status="')[1][:3] for line in server_errors}
     # 503s come only from the deliberate load-shedding tests, which use servers of their own.
     assert not statuses, server_errors
+
+
+def test_strict_mode_covers_every_body(strict_url: str) -> None:
+    for path, body in [
+        ("/v1/completions", {"prompt": "Hi", "max_tokens": 2, "bogus": 1}),
+        ("/v1/score", {"text": "Hello there", "bogus": 1}),
+        ("/tokenize", {"prompt": "Hi", "bogus": 1}),
+        ("/detokenize", {"tokens": [1], "bogus": 1}),
+    ]:
+        response = post(strict_url, path, json=body)
+        assert response.status_code == 400, (path, response.text)
+        assert "bogus" in response.text

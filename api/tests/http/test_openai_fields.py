@@ -297,3 +297,11 @@ def test_max_completion_tokens_and_top_k_and_repetition_penalty(base_url: str) -
     answer = chat(base_url, **body).json()
     assert answer["usage"]["completion_tokens"] <= 3
     assert answer["choices"][0]["finish_reason"] in ("length", "stop")
+
+
+def test_n_needs_batching(server_factory: ServerFactory) -> None:
+    """Without batching the engine holds one row: n=2 cannot run and is refused, not queued forever."""
+    with server_factory(batching=False) as (url, _host):
+        response = chat(url, n=2, max_tokens=4)
+        assert chat(url, max_tokens=2).status_code == 200
+    assert response.status_code == 400 and "at most 1 sequences" in response.json()["error"]["message"]
