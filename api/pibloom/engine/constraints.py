@@ -17,11 +17,11 @@ from typing import Any
 
 import llguidance
 import llguidance.hf
+import numpy as np
 import torch
 
 _lock = threading.Lock()
 _tokenizers: dict[int, tuple[Any, llguidance.LLTokenizer]] = {}
-_BITS = torch.arange(32, dtype=torch.int32)
 
 
 def grammar_tokenizer(tokenizer: Any, vocab_size: int | None = None) -> llguidance.LLTokenizer:
@@ -56,7 +56,9 @@ class GrammarState:
     def allowed(self, width: int) -> torch.Tensor:
         """A boolean mask over `width` logits: True where the token keeps the output valid."""
         self.matcher.unsafe_compute_mask_ptr(self.bitmask.data_ptr(), self.words * 4)
-        bits = ((self.bitmask.unsqueeze(-1) >> _BITS) & 1).bool().reshape(-1)
+        # Bit i of the little-endian words is token i: numpy unpacks it in one C pass (several times
+        # faster than shifting in torch).
+        bits = torch.from_numpy(np.unpackbits(self.bitmask.numpy().view(np.uint8), bitorder="little").view(np.bool_))
         if bits.numel() >= width:
             return bits[:width]
         return torch.cat([bits, torch.zeros(width - bits.numel(), dtype=torch.bool)])
