@@ -108,3 +108,31 @@ def test_fallback_tools_prompt_and_history(tiny_loaded: LoadedModel) -> None:
     assert '<tool_call>\n{"name": "lookup", "arguments": {"q": "cat"}}\n</tool_call>' in text
     assert "<tool_response>\na small feline\n</tool_response>" in text
     assert head not in chat_text(tiny_loaded.tokenizer, messages, tools=ToolRequest(tools.tools, "none"))
+
+
+def test_a_template_that_renders_tools_gets_them_natively(tiny_loaded: LoadedModel) -> None:
+    import copy
+
+    from pibloom.http.protocol.common import ChatMessage
+    from pibloom.serving.prepare import chat_text
+    from pibloom.serving.tools import FALLBACK_TOOLS_PROMPT, Tool, ToolRequest
+
+    tokenizer = copy.deepcopy(tiny_loaded.tokenizer)
+    tokenizer.chat_template = (
+        "{% for t in tools or [] %}TOOL {{ t.function.name }}\n{% endfor %}"
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}"
+        "{% for c in m.tool_calls or [] %} CALL {{ c.function.name }}({{ c.function.arguments.q }}){% endfor %}\n"
+        "{% endfor %}"
+    )
+    tools = ToolRequest((Tool("lookup", None, {"type": "object", "properties": {"q": {"type": "string"}}}),))
+    messages = [
+        ChatMessage(role="user", content="Define cat"),
+        ChatMessage.model_validate(
+            {"role": "assistant", "tool_calls": [{"function": {"name": "lookup", "arguments": '{"q": "cat"}'}}]}
+        ),
+        ChatMessage(role="tool", content="a feline"),
+    ]
+    text = chat_text(tokenizer, messages, tools=tools)
+    assert text.startswith("TOOL lookup\n")
+    assert "CALL lookup(cat)" in text and "tool: a feline" in text
+    assert FALLBACK_TOOLS_PROMPT.split("{tools}")[0] not in text
