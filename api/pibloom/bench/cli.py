@@ -12,6 +12,9 @@ from .load import PATHS
 from .peers import LLAMA, PEERS, PIBLOOM
 from .report import render_text, write
 from .session import BenchConfig, run_bench
+from .structured import render as render_structured
+from .structured import run_structured
+from .structured import write as write_structured
 
 QUICK_LEVELS = "1,4"
 QUICK_MAX_TOKENS = 32
@@ -62,6 +65,11 @@ def parse_peers(text: str) -> list[str]:
     help="Build llama-server into the cache when it is not on PATH (default: yes, except with --quick).",
 )
 @click.option("--api", type=click.Choice(list(PATHS)), default="chat", show_default=True, help="Endpoint to load.")
+@click.option(
+    "--structured",
+    is_flag=True,
+    help="Instead: structured output's cost, piBLOOM alone at 16 streams with none, one and all rows constrained.",
+)
 def bench_command(
     concurrency: str | None,
     max_tokens: int | None,
@@ -73,12 +81,25 @@ def bench_command(
     unbatched_timeout: float | None,
     build_llama: bool | None,
     api: str,
+    structured: bool,
 ) -> None:
     """Compare piBLOOM, piBLOOM without batching and llama.cpp's llama-server on the embedded model.
 
     Every peer gets the same prompts, greedy, streaming; the table shows aggregate output tokens/s,
     time to first token, inter-token latency, resident memory and piBLOOM's ratio to each peer.
     """
+    if structured:
+        streams = parse_levels(concurrency or "16")[-1]
+        cases = run_structured(
+            out_dir, streams=streams, max_tokens=max_tokens or (16 if quick else 64),
+            requests_per_stream=1 if quick else 2, echo=lambda line: click.echo(line, err=True),
+        )  # fmt: skip
+        click.echo(render_structured(cases))
+        paths = write_structured(cases, out_dir)
+        click.echo(f"\nwrote {paths['json']} and {paths['table']}")
+        if any(c.errors for c in cases):
+            sys.exit(1)
+        return
     levels = parse_levels(concurrency or (QUICK_LEVELS if quick else "1,4,16,32"))
     config = BenchConfig(
         concurrency=levels,

@@ -16,7 +16,7 @@ import httpx
 from .inputs import parse_item, unique
 from .inventory import normalize_url
 from .jobs import Job, ScoreJob
-from .models import BatchItem, ErrorInfo, Item, ItemId, Row, ScoreItem, id_key
+from .models import BatchItem, ErrorInfo, Item, ItemId, ResultRow, Row, ScoreItem, id_key
 from .options import BatchOptions
 from .pool import Attempt, NoServerError, Server, ServerPool, UnsupportedError
 from .retry import Backoff
@@ -56,6 +56,14 @@ class _ItemRunner:
         )
 
     async def run(self, item: Item) -> Row:
+        row, first_valid = await self._run(item)
+        if isinstance(row, ResultRow) and self.options.wants_json:
+            row.first_try_valid = bool(first_valid)
+        return row
+
+    async def _run(self, item: Item) -> tuple[Row, bool | None]:
+        """The item's row, and whether its first answer was already valid (JSON mode)."""
+        first_valid: bool | None = None
         attempts = retries = variant = 0
         failed_on: set[str] = set()
         attempt: Attempt | None = None
@@ -69,7 +77,7 @@ class _ItemRunner:
                     row.error = ErrorInfo(type="unsupported", message=str(exc), status=404)
                 else:
                     row.error = ErrorInfo(type="no_server", message=str(exc))
-                return row
+                return row, first_valid
             try:
                 attempts += 1
                 body = self.job.body(item, server, variant)
@@ -79,13 +87,17 @@ class _ItemRunner:
             row = self.job.row(item, attempts, attempt, server)
             if attempt.kind == "ok":
                 problem = self.job.check(row)
+                if first_valid is None:
+                    first_valid = problem is None
                 if problem is None:
-                    return row
+                    return row, first_valid
                 variant += 1
                 if variant > self.job.max_variants:
                     row.error = ErrorInfo(type="schema", message=problem)
-                    return row
+                    return row, first_valid
                 continue
+            if self.job.format_refused(attempt, server):
+                continue  # the same item again, without response_format: not a retry
             row.error = ErrorInfo(type=attempt.kind, message=attempt.message, status=attempt.status)
             if self._lacks_endpoint(attempt):
                 # Not the item's fault: that server gets no more work, the item goes elsewhere. When no
@@ -93,10 +105,10 @@ class _ItemRunner:
                 self.pool.mark_unsupported(server, self.job.missing_endpoint or "")
                 continue
             if not attempt.retryable:
-                return row
+                return row, first_valid
             retries += 1
             if retries > self.options.max_retries:
-                return row
+                return row, first_valid
             failed_on.add(server.url)
             await asyncio.sleep(self.backoff.delay(retries - 1, self.rng))
 

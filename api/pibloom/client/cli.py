@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .batch import BatchReport, run_batch
-from .inputs import InputError, read_items
+from .inputs import InputError, is_openai_batch_file, read_items
 from .inventory import DEFAULT_PORT, InventoryError, normalize_url, read_servers
 from .models import Row, id_key
 from .options import BatchOptions
@@ -202,6 +202,12 @@ def batch_command(
     parameters) or a text file with one prompt a line (the id is the line number). Servers are
     piBLOOM replicas or any OpenAI-compatible server.
 
+    INPUT may also be an OpenAI Batch file (`{"custom_id", "method", "url", "body"}` a line, as
+    `vllm run-batch` reads); results are then written in OpenAI's Batch output format.
+
+    With --json-schema, the schema is sent as `response_format` to servers that enforce it; servers
+    that refuse it (400) get validate-and-retry instead. The summary reports the first-try valid rate.
+
     With --score, each item is a text to score instead (`{"id": ..., "text": "...", "context"?: "..."}`
     or one text a line), sent to piBLOOM's /v1/score; each result row holds its tokens, logprob,
     mean_logprob and perplexity.
@@ -246,7 +252,9 @@ def batch_command(
             score=score,
             context=context,
         )
-        writer = ResultWriter(output, json_mode=options.wants_json)
+        writer = ResultWriter(
+            output, json_mode=options.wants_json, openai_batch=not score and is_openai_batch_file(input_path)
+        )
         skip = writer.resume(retry_failed=retry_failed)
     except (InputError, InventoryError, OutputError, OutputFileError) as exc:
         raise BadInput(str(exc)) from exc

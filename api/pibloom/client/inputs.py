@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from . import openai_batch
 from .models import BatchItem, Item, ScoreItem, id_key
 
 InputFormat = Literal["auto", "jsonl", "text"]
@@ -68,6 +69,29 @@ def unique(items: Iterable[Item], *, source: str = "input") -> list[Item]:
     return result
 
 
+def _batch_request(data: dict[str, Any]) -> Item:
+    try:
+        return openai_batch.to_item(data)
+    except ValidationError as exc:
+        raise InputError(_validation_message(exc)) from exc
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+
+
+def is_openai_batch_file(path: str | Path) -> bool:
+    """Whether the file's first item is an OpenAI Batch request line (results are then written in
+    OpenAI's Batch output format)."""
+    if str(path) == "-" or detect_format(path) != "jsonl":
+        return False
+    for _, raw in _lines(path):
+        if raw.strip():
+            try:
+                return openai_batch.is_batch_request(json.loads(raw))
+            except json.JSONDecodeError:
+                return False
+    return False
+
+
 def read_items(path: str | Path, fmt: InputFormat = "auto", *, score: bool = False) -> list[Item]:
     """All items of a JSONL or text file, in file order.
 
@@ -91,7 +115,10 @@ def read_items(path: str | Path, fmt: InputFormat = "auto", *, score: bool = Fal
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
         try:
-            items.append(parse_item(data, kind))
+            if not score and openai_batch.is_batch_request(data):
+                items.append(_batch_request(data))
+            else:
+                items.append(parse_item(data, kind))
         except InputError as exc:
             raise InputError(f"{path}:{number}: {exc}") from exc
     return unique(items, source=str(path))

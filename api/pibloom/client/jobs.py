@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from .models import BatchItem, Item, ResultRow, Row, ScoreItem, ScoreRow, Usage
 from .options import BatchOptions
 from .pool import Attempt, Reader, Server, text_reader
+from .structured import refuses_response_format, response_format
 from .validate import OutputError, parse_output
 
 SCORE_PATH = "/v1/score"
@@ -46,6 +47,7 @@ class Job:
         self.options = options
         self.validator = validator
         self.max_variants = options.max_schema_retries if options.wants_json else 0
+        self.format = response_format(options)
 
     def path(self, item: Item) -> str:
         assert isinstance(item, BatchItem)
@@ -64,6 +66,8 @@ class Job:
             body["prompt"] = item.prompt
         body.update(self.options.defaults)
         body.update(item.params)
+        if self.format is not None and server.structured and "response_format" not in body:
+            body["response_format"] = self.format
         if self.options.wants_json:
             # Seeds are explicit in JSON mode so that each retry (variant) samples a different answer.
             seed = item.params.get("seed", self.options.defaults.get("seed", 0))
@@ -79,7 +83,15 @@ class Job:
             usage=_usage(attempt.data) if attempt else None,
             output=attempt.value if attempt else None,
             meta=item.meta,
+            response=attempt.data if attempt else None,
         )
+
+    def format_refused(self, attempt: Attempt, server: Server) -> bool:
+        """The server cannot enforce `response_format`: ask it without from now on (True: send again)."""
+        if self.format is None or not server.structured or not refuses_response_format(attempt):
+            return False
+        server.structured = False
+        return True
 
     def check(self, row: Row) -> str | None:
         """Why a successful answer is still no good (worth another variant), or None."""

@@ -122,6 +122,10 @@ class ResultRow(BaseModel):
     # method; it is written as `json`.
     parsed: Any = Field(default=None, serialization_alias="json")
     meta: Any = None
+    # Not written to the results file: whether the first answer was already valid JSON (JSON mode;
+    # the summary's first-try valid rate), and the server's whole answer (the OpenAI Batch format).
+    first_try_valid: bool | None = Field(default=None, exclude=True)
+    response: dict[str, Any] | None = Field(default=None, exclude=True)
 
     @property
     def ok(self) -> bool:

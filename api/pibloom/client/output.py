@@ -15,7 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from .models import Row, id_key
+from .models import ResultRow, Row, id_key
+from .openai_batch import result_line
 
 
 class OutputFileError(ValueError):
@@ -23,9 +24,10 @@ class OutputFileError(ValueError):
 
 
 class ResultWriter:
-    def __init__(self, path: str | Path, *, json_mode: bool = False) -> None:
+    def __init__(self, path: str | Path, *, json_mode: bool = False, openai_batch: bool = False) -> None:
         self.path = Path(path)
         self.json_mode = json_mode
+        self.openai_batch = openai_batch  # OpenAI's Batch output lines (keyed by custom_id)
         self.written = 0
         self._file: IO[str] | None = None
 
@@ -50,6 +52,8 @@ class ResultWriter:
                 ) from exc
             if not isinstance(row, dict) or "id" not in row:
                 raise OutputFileError(f"{self.path}:{index + 1} is not a result row (no 'id')")
+            if "custom_id" in row:
+                row["id"] = row["custom_id"]  # an OpenAI Batch output line: items are keyed by custom_id
             if last:
                 torn = True  # complete JSON but no newline: rewrite it with one
             rows.append((line, row))
@@ -92,7 +96,10 @@ class ResultWriter:
         if self._file is None:
             self.open()
         assert self._file is not None
-        self._file.write(row.to_json_line(json_mode=self.json_mode))
+        if self.openai_batch and isinstance(row, ResultRow):
+            self._file.write(result_line(row))
+        else:
+            self._file.write(row.to_json_line(json_mode=self.json_mode))
         self._file.flush()
         self.written += 1
 

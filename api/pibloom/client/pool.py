@@ -67,6 +67,9 @@ class Server:
     latency_ewma: float | None = None
     # Why it cannot do this run's work at all (e.g. "no /v1/score"); None while it can.
     unsupported: str | None = None
+    # False once the server has refused `response_format` (400 naming it): JSON jobs then validate
+    # and retry instead of asking the server to enforce the schema.
+    structured: bool = True
     # Set to None once the server has shown it has no /health/ready (a generic OpenAI server).
     health_path: str | None = HEALTH_PATH
     inflight: set[asyncio.Future[httpx.Response]] = field(default_factory=set)

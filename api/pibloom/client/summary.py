@@ -37,8 +37,17 @@ class Summary:
     errors: dict[str, int] = field(default_factory=dict)
     servers: dict[str, ServerSummary] = field(default_factory=dict)
     mode: Literal["generate", "score"] = "generate"
+    json_items: int = 0  # JSON mode: items answered at least once
+    first_try_valid: int = 0  # ... whose first answer was valid
+
+    @property
+    def first_try_valid_rate(self) -> float | None:
+        return self.first_try_valid / self.json_items if self.json_items else None
 
     def add(self, row: Row) -> None:
+        if isinstance(row, ResultRow) and row.first_try_valid is not None and row.attempts:
+            self.json_items += 1
+            self.first_try_valid += row.first_try_valid
         self.attempts += row.attempts
         self.retries += max(row.attempts - 1, 0)
         if row.error is None:
@@ -86,6 +95,8 @@ class Summary:
         data["servers"] = list(data["servers"].values())
         data["tokens_per_s"] = round(self.tokens_per_s, 2)
         data["elapsed_s"] = round(self.elapsed_s, 3)
+        rate = self.first_try_valid_rate
+        data["first_try_valid_rate"] = round(rate, 4) if rate is not None else None
         return data
 
     def format(self) -> str:
@@ -94,6 +105,9 @@ class Summary:
             f"attempts {self.attempts}, retries {self.retries}, {self.elapsed_s:.1f}s, "
             f"{self.tokens} {self._tokens_label} ({self.tokens_per_s:.1f} tokens/s)",
         ]
+        if self.json_items:
+            rate = self.first_try_valid_rate or 0.0
+            lines.append(f"JSON valid on the first try: {self.first_try_valid}/{self.json_items} ({rate:.1%})")
         if self.errors:
             lines.append("errors: " + ", ".join(f"{kind} {count}" for kind, count in sorted(self.errors.items())))
         for entry in self.servers.values():

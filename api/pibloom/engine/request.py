@@ -27,6 +27,12 @@ class SamplingParams:
     prompt_logprobs: bool = False  # logprobs of the prompt's own tokens (echo, scoring)
     score_only: bool = False  # prefill only: score the prompt, generate nothing
     score_from: int = 1  # first prompt position whose logprob counts (earlier ones are context)
+    n: int = 1  # choices: the prompt is prefilled once and its cache copied into n rows
+    min_p: float = 0.0  # drop tokens less likely than min_p x the most likely one
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per time a token was generated
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); -100 bans
+    grammar: str | None = None  # llguidance grammar the output must follow (structured output, tool calls)
 
     @property
     def greedy(self) -> bool:
@@ -51,6 +57,7 @@ class Event:
     generated: int = 0  # completion tokens so far (an end-of-sequence token is not counted)
     finish_reason: FinishReason | None = None
     error: str | None = None
+    index: int = 0  # which choice (0 .. n-1) this event belongs to
 
 
 @dataclass

@@ -23,7 +23,11 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return logits.index_copy(0, seen, scores)
 
 
-def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float, min_p: float = 0.0) -> torch.Tensor:
+    if min_p > 0.0:
+        # Relative to the most likely token: log(p_i) < log(min_p) + log(p_max)  <=>  logit gap.
+        floor = logits.max() + torch.log(torch.tensor(min_p, dtype=logits.dtype))
+        logits = logits.masked_fill(logits < floor, float("-inf"))
     if top_k > 0 and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -47,10 +51,14 @@ def sample_row(
     if params.repetition_penalty != 1.0 and history:
         seen = torch.tensor(sorted(set(history)), dtype=torch.long, device=logits.device)
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    # A penalty or temperature near zero (any float > 0 is valid input) overflows to inf, and softmax
+    # over inf is NaN: keep every score finite, and scale relative to the best one.
+    logits = torch.nan_to_num(logits, nan=float("-inf"), posinf=torch.finfo(logits.dtype).max)
     if params.greedy:
         return int(torch.argmax(logits))
-    logits = logits / params.temperature
-    logits = filter_top_k_top_p(logits, params.top_k, params.top_p)
+    temperature = max(params.temperature, torch.finfo(logits.dtype).tiny)  # float32 would round 1e-300 to 0
+    logits = (logits - logits.max()) / temperature
+    logits = filter_top_k_top_p(logits, params.top_k, params.top_p, params.min_p)
     probs = torch.softmax(logits, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
 

@@ -30,6 +30,7 @@ from ..metrics import Metrics
 from .detokenizer import IncrementalDecoder, StopMatcher
 from .kv_cache import LaneGroup, LaneStep, SlotCache
 from .loader import LoadedModel
+from .logits import RowShaper, accept_rows, needs_shaper, shape_rows
 from .memory import SLACK, kv_bytes_per_token
 from .prefix_cache import PrefixCache, PrefixHit
 from .request import Event, FinishReason, Request, SamplingParams, TokenLogprob
@@ -73,6 +74,9 @@ class _Sequence:
     prompt_lp: list[TokenLogprob] = field(default_factory=list)
     sent_prompt_logprobs: bool = False
     looked_up: bool = False  # the prefix cache was asked once, before the first prefill
+    shaper: RowShaper | None = None  # penalties, logit bias, grammar: only for rows that ask
+    choice: int = 0  # which of the request's n choices this row generates
+    output_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -212,12 +216,17 @@ class Engine:
 
         request = Request(prompt_ids=prompt_ids, params=params, loop=asyncio.get_running_loop())
         self.submit(request)
+        open_choices = params.n
         try:
             while True:
                 event = await request.queue.get()
                 yield event
-                if event.finish_reason is not None:
+                if event.finish_reason == "error":
                     return
+                if event.finish_reason is not None:
+                    open_choices -= 1
+                    if not open_choices:
+                        return
         finally:
             # Runs on normal end too; cancelling a finished request is a no-op for the engine.
             request.cancel()
@@ -288,41 +297,60 @@ class Engine:
         self.metrics.queue_depth.set(len(self._waiting))
 
     def _need(self, request: Request) -> int:
-        """Tokens of KV cache a request may come to hold."""
+        """Tokens of KV cache a request may come to hold: each of its n choices holds its own row."""
         if request.params.score_only:
             return len(request.prompt_ids)
-        return min(len(request.prompt_ids) + request.params.max_tokens, self.loaded.max_context)
+        per_row = min(len(request.prompt_ids) + request.params.max_tokens, self.loaded.max_context)
+        return per_row * request.params.n
 
     def _fits(self, request: Request) -> bool:
-        """Whether the request fits the budget beside every admitted one. Each is counted with the most
-        padding its joining a lane can add (`_LANE_WASTE` columns: its own, or the lane's when it is
+        """Whether the request fits the budget beside every admitted one. Each row is counted with the
+        most padding its joining a lane can add (`_LANE_WASTE` columns: its own, or the lane's when it is
         longer), so what the lanes hold stays within the budget."""
         if self.kv_budget_tokens is None:
             return True
-        held = sum(self._need(seq.request) + _LANE_WASTE for seq in self._prefilling + self._running)
+        held = sum(self._need(s.request) + _LANE_WASTE * s.request.params.n for s in self._prefilling)
+        held += sum(self._need(s.request) // s.request.params.n + _LANE_WASTE for s in self._running)
         if not held:
             return True  # alone it fits (submit refuses what never could)
-        return held + self._need(request) + _LANE_WASTE <= self.kv_budget_tokens
+        return held + self._need(request) + _LANE_WASTE * request.params.n <= self.kv_budget_tokens
+
+    def _rows_held(self) -> int:
+        """Batch rows taken or promised: a request with n choices needs n rows once prefilled."""
+        return len(self._running) + sum(s.request.params.n for s in self._prefilling)
 
     def _admit(self) -> None:
-        while self._waiting and len(self._running) + len(self._prefilling) < self.max_rows:
+        while self._waiting and self._rows_held() + self._waiting[0].params.n <= self.max_rows:
             if not self._fits(self._waiting[0]):
                 break  # first come, first served: it waits until running sequences free the memory
             request = self._waiting.popleft()
             request.admitted_at = time.perf_counter()
-            tail = request.prompt_ids[-4:]
-            params = request.params
-            stops = params.stop + self.loaded.extra_stop
-            self._prefilling.append(
-                _Sequence(
-                    request=request,
-                    generator=make_generator(params.seed, self.loaded.device),
-                    decoder=IncrementalDecoder(self.tokenizer, tail),
-                    stops=StopMatcher(stops),
-                    history=list(request.prompt_ids),
-                )
-            )
+            try:
+                seq = self._sequence(request, 0)
+            except Exception as exc:  # e.g. a grammar the serving layer passed but cannot be built here
+                log.exception("request %d cannot start", request.id)
+                request.emit(Event(text="", token_ids=[], finish_reason="error", error=f"cannot start: {exc}"))
+                continue
+            self._prefilling.append(seq)
         self.metrics.queue_depth.set(len(self._waiting))
+
+    def _sequence(self, request: Request, choice: int) -> _Sequence:
+        """A row's own state; choice i of a seeded request samples with seed + i (reproducible per choice)."""
+        params = request.params
+        seed = None if params.seed is None else params.seed + choice
+        shaper = None
+        if needs_shaper(params):
+            width = int(self.model.config.vocab_size)
+            shaper = RowShaper(params, self.tokenizer, width, frozenset(self.loaded.eos_token_ids))
+        return _Sequence(
+            request=request,
+            generator=make_generator(seed, self.loaded.device),
+            decoder=IncrementalDecoder(self.tokenizer, request.prompt_ids[-4:]),
+            stops=StopMatcher(params.stop + self.loaded.extra_stop),
+            history=list(request.prompt_ids),
+            shaper=shaper,
+            choice=choice,
+        )
 
     def _iteration(self) -> None:
         self._drop_cancelled_running()
@@ -450,15 +478,26 @@ class Engine:
         self._count_finished(seq.request, "scored")
 
     def _join(self, seq: _Sequence, prefill_cache: Any, src_row: int) -> None:
-        """Sample the first token from the prefill logits and move the sequence into the batch."""
-        assert seq.logits is not None
-        params = seq.request.params
-        token = sample_batch(seq.logits, [params], [seq.generator], [seq.history])[0]
-        lp = None
-        if params.logprobs is not None:
-            lp = token_logprobs(seq.logits, torch.tensor([token], device=seq.logits.device), params.logprobs)[0]
+        """Move the sequence into the batch, and with n > 1 its sibling choices too: every choice's row
+        is a copy of the one prefilled prompt cache."""
+        logits = seq.logits
+        assert logits is not None
         seq.logits = None
         seq.prefill_cache = None
+        n = seq.request.params.n
+        for choice in [seq] + [self._sequence(seq.request, i) for i in range(1, n)]:
+            choice.prompt_lp = seq.prompt_lp  # echo's prompt logprobs go with every choice
+            self._join_row(choice, logits, prefill_cache, src_row)
+
+    def _join_row(self, seq: _Sequence, logits: torch.Tensor, prefill_cache: Any, src_row: int) -> None:
+        """Sample the first token from the prefill logits and give the sequence a row of the cache."""
+        params = seq.request.params
+        shaped = shape_rows(logits.view(1, -1), [seq.shaper])
+        token = sample_batch(shaped, [params], [seq.generator], [seq.history])[0]
+        accept_rows([token], [seq.shaper])
+        lp = None
+        if params.logprobs is not None:
+            lp = token_logprobs(logits.view(1, -1), torch.tensor([token], device=logits.device), params.logprobs)[0]
         if self._emit(seq, token, lp):
             return
         size = len(seq.request.prompt_ids)
@@ -511,12 +550,15 @@ class Engine:
         for lane in lanes:
             lane.cache.advance(1)
         self.metrics.batch_size.observe(len(rows))
+        shapers = [s.shaper for s in rows]
+        shaped = shape_rows(logits, shapers)
         tokens = sample_batch(
-            logits,
+            shaped,
             [s.request.params for s in rows],
             [s.generator for s in rows],
             [s.history for s in rows],
         )
+        accept_rows(tokens, shapers)
         logprobs: dict[int, TokenLogprob] = {}
         wanted = [i for i, s in enumerate(rows) if s.request.params.logprobs is not None]
         if wanted:
@@ -561,19 +603,22 @@ class Engine:
             finish: FinishReason | None = "stop"
             text = seq.stops.flush()  # text held back as a possible stop-string prefix is output after all
         else:
-            request.output_ids.append(token)
+            seq.output_ids.append(token)
+            if seq.choice == 0:
+                request.output_ids.append(token)
             seq.history.append(token)
             self.metrics.generated_tokens.inc()
             text, hit = seq.stops.feed(seq.decoder.push(token))
-            finish = "stop" if hit else self._length_limit(request)
+            finish = "stop" if hit else self._length_limit(seq)
             if finish == "length":
                 text += seq.stops.flush()
         if finish is not None:
             self._count_finished(request, finish)
         return text, finish
 
-    def _length_limit(self, request: Request) -> FinishReason | None:
-        generated = len(request.output_ids)
+    def _length_limit(self, seq: _Sequence) -> FinishReason | None:
+        request = seq.request
+        generated = len(seq.output_ids)
         if generated >= request.params.max_tokens or len(request.prompt_ids) + generated >= self.loaded.max_context:
             return "length"
         return None
@@ -594,8 +639,9 @@ class Engine:
                 token_ids=[token],
                 logprobs=[logprob] if logprob is not None else None,
                 prompt_logprobs=prompt_lp,
-                generated=len(request.output_ids),
+                generated=len(seq.output_ids),
                 finish_reason=finish,
+                index=seq.choice,
             )
         )
 

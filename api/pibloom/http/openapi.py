@@ -54,10 +54,15 @@ def _error(status: int, schema: str) -> dict[str, Any]:
     return {"description": _WHY[status], "content": {"application/json": {"schema": _ref(schema)}}}
 
 
-def _has_stream_option(operation: dict[str, Any], schemas: dict[str, Any]) -> bool:
+def _body_fields(operation: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
     body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
     name = str(body.get("$ref", "")).rsplit("/", 1)[-1]
-    return "stream" in schemas.get(name, {}).get("properties", {})
+    fields: dict[str, Any] = schemas.get(name, {}).get("properties", {})
+    return fields
+
+
+def _has_stream_option(operation: dict[str, Any], schemas: dict[str, Any]) -> bool:
+    return "stream" in _body_fields(operation, schemas)
 
 
 def patch_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +82,8 @@ def patch_schema(schema: dict[str, Any]) -> dict[str, Any]:
                 responses.pop("422", None)  # /v1 validation errors are 400s in OpenAI's shape
             statuses = [401, 413, 429, 503]
             if "requestBody" in operation or openai:
-                statuses += [400, 404] if openai else [400]
+                # A body naming a `model` (vLLM's /tokenize fields too) can name an unknown one: 404.
+                statuses += [400, 404] if openai or "model" in _body_fields(operation, schemas) else [400]
             for status in statuses:
                 responses.setdefault(str(status), _error(status, body))
             if _has_stream_option(operation, schemas) and "200" in responses:

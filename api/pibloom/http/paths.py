@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # Probes, metrics and docs: never rate limited, never logged as prompts, never cut by the watchdog,
 # and documented without the inference routes' error answers.
-OPERATIONAL_PREFIXES = ("/health/", "/v2/health/", "/v2/models/", "/metrics", "/docs", "/redoc", "/openapi.json")
+OPERATIONAL_PREFIXES = ("/health", "/v2/health/", "/v2/models/", "/metrics", "/docs", "/redoc", "/openapi.json")
 
 
 def is_operational(path: str) -> bool:

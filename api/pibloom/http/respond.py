@@ -37,22 +37,29 @@ async def _chunks(
 ) -> AsyncIterator[str]:
     prompt = generation.prompt_tokens
     event = started.first
-    generated = 0
+    generated: dict[int, int] = {}  # per choice
+    open_choices = generation.params.n
     try:
         while event is not None:
-            generated = event.generated
-            finished = event.finish_reason is not None
+            generated[event.index] = event.generated
             if event.finish_reason == "error":
                 yield error_data(generation.failure(event))
                 break
-            usage = Usage.of(prompt, generated) if finished and not include_usage else None
+            finished = event.finish_reason is not None
+            open_choices -= finished
+            last = not open_choices
+            usage = Usage.of(prompt, sum(generated.values())) if last and not include_usage else None
             if event.text or finished or (renderer.with_logprobs and event.generated):
-                yield renderer.chunk(event, usage)
-            if finished:
+                chunk = renderer.chunk(event, usage)
+                if chunk is not None:
+                    yield chunk
+            if last:
                 break
             event = await anext(started.rest, None)
         if include_usage:
-            yield renderer.chunk(None, Usage.of(prompt, generated))
+            chunk = renderer.chunk(None, Usage.of(prompt, sum(generated.values())))
+            if chunk is not None:
+                yield chunk
         yield DONE
     finally:
         await started.aclose()

@@ -11,17 +11,38 @@ from ..engine.scheduler import Engine, EngineStoppedError, QueueFullError, TooLa
 from .errors import ErrorKind, ServingError, bad_request, unavailable
 from .prepare import Prepared
 
-__all__ = ["Event", "Generation", "Result", "Started", "TokenLogprob", "score_all"]
+__all__ = ["Choice", "Event", "Generation", "Result", "Started", "TokenLogprob", "score_all"]
+
+
+@dataclass
+class Choice:
+    index: int
+    text: str = ""
+    finish_reason: str = "stop"
+    completion_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
 class Result:
-    text: str
-    finish_reason: str
+    """A whole answer: one `Choice` per requested choice (n), the prompt shared by all of them."""
+
+    choices: list[Choice]
     prompt_tokens: int
-    completion_tokens: int
-    logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+    @property
+    def finish_reason(self) -> str:
+        return self.choices[0].finish_reason
+
+    @property
+    def completion_tokens(self) -> int:
+        """Every choice's tokens, as OpenAI's usage counts them."""
+        return sum(c.completion_tokens for c in self.choices)
 
 
 @dataclass
@@ -66,9 +87,9 @@ class Generation:
             except TooLargeError as exc:
                 raise bad_request(str(exc), param="max_tokens", code="kv_budget_exceeded") from exc
             yield first
-            if first.finish_reason is None:
-                async for event in events:
-                    yield event
+            # The engine's stream ends by itself once every choice has finished (or on an error).
+            async for event in events:
+                yield event
         finally:
             await events.aclose()
 
@@ -79,23 +100,23 @@ class Generation:
         return Started(first, events)
 
     async def collect(self) -> Result:
-        parts: list[str] = []
-        tokens = 0
-        finish = "stop"
-        logprobs: list[TokenLogprob] = []
+        choices = [Choice(i) for i in range(self.params.n)]
         prompt_logprobs: list[TokenLogprob] = []
         async for event in self.events():
-            parts.append(event.text)
-            tokens = event.generated
+            choice = choices[event.index]
+            choice.text += event.text
+            choice.completion_tokens = event.generated
             if event.logprobs:
-                logprobs.extend(event.logprobs)  # an end-of-sequence token's entry is cut below
+                choice.logprobs.extend(event.logprobs)  # an end-of-sequence token's entry is cut below
             if event.prompt_logprobs is not None:
                 prompt_logprobs = event.prompt_logprobs
             if event.finish_reason is not None:
                 if event.finish_reason == "error":
                     raise self.failure(event)
-                finish = event.finish_reason
-        return Result("".join(parts), finish, self.prompt_tokens, tokens, logprobs[:tokens], prompt_logprobs)
+                choice.finish_reason = event.finish_reason
+        for choice in choices:
+            del choice.logprobs[choice.completion_tokens :]
+        return Result(choices, self.prompt_tokens, prompt_logprobs)
 
 
 async def score_all(

@@ -16,6 +16,7 @@ from ..engine.scheduler import Engine
 from ..metrics import Metrics
 from ..settings import Settings
 from .errors import ErrorKind, ServingError, unavailable
+from .prepare import warm_grammar
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ class ModelHost:
     def _attached(self, engine: Engine) -> None:
         loaded = engine.loaded
         self.loaded, self.engine = loaded, engine
+        # llguidance's view of the vocabulary takes about a second to build: do it now, off the event
+        # loop, rather than on the first structured-output request.
+        threading.Thread(target=warm_grammar, args=(loaded,), name="pibloom-grammar-warm", daemon=True).start()
         self.metrics.ready.set(1)
         log.info(
             "model %s ready on %s (%s%s, %s forward pass)",
@@ -144,9 +148,16 @@ class ModelHost:
     def retry_after(self) -> int:
         return self.settings.retry_after_seconds
 
+    @property
+    def model_names(self) -> list[str]:
+        """The served model's id, then its aliases (`PIBLOOM_SERVED_MODEL_NAMES`)."""
+        names = [self.model_name]
+        names.extend(n for n in self.settings.served_model_names if n not in names)
+        return names
+
     def serves(self, name: str) -> bool:
-        """Whether `name` names the served model (its full id or the last part of a hub id)."""
-        return name in {self.model_name, self.model_name.split("/")[-1]}
+        """Whether `name` names the served model (its id, the last part of a hub id, or an alias)."""
+        return name in {*self.model_names, self.model_name.split("/")[-1]}
 
     def check_model(self, requested: str | None) -> None:
         if requested is not None and not self.serves(requested):

@@ -15,6 +15,7 @@ from .errors import bad_request
 from .execute import Generation, score_all
 from .lifecycle import ModelHost
 from .prepare import Message, Prepared, SamplingRequest
+from .tools import ToolRequest, check_tools
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,17 @@ class Service:
         *,
         model: str | None = None,
         logprobs: int | None = None,
+        tools: ToolRequest | None = None,
     ) -> Generation:
         self.host.check_model(model)
         loaded, engine = self.host.require()
-        ids = prepare.chat_prompt(loaded, messages)
-        params = prepare.sampling_params(loaded, self.settings, sampling, len(ids), logprobs=logprobs)
+        if tools is not None:
+            tools = check_tools(tools)
+        ids = prepare.chat_prompt(loaded, messages, tools)
+        grammar = prepare.output_grammar(loaded, sampling.output, tools)
+        params = prepare.sampling_params(
+            loaded, self.settings, sampling, len(ids), logprobs=logprobs, grammar=grammar, rows=engine.max_rows
+        )
         return Generation(engine, Prepared(ids, params), self.host.retry_after)
 
     def completion(
@@ -77,6 +84,7 @@ class Service:
         self.host.check_model(model)
         loaded, engine = self.host.require()
         ids = prepare.text_prompt(loaded, prompt)
+        grammar = prepare.output_grammar(loaded, sampling.output)
         params = prepare.sampling_params(
             loaded,
             self.settings,
@@ -85,6 +93,8 @@ class Service:
             default_max=default_max,
             logprobs=logprobs,
             prompt_logprobs=echo and logprobs is not None,
+            grammar=grammar,
+            rows=engine.max_rows,
         )
         return Generation(engine, Prepared(ids, params), self.host.retry_after)
 
@@ -118,18 +128,28 @@ class Service:
         results = await score_all(engine, inputs, params, self.host.retry_after)
         return Scores(results, sum(len(ids) for ids in inputs))
 
-    def tokenize_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> Tokens:
+    def tokenize_chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        model: str | None = None,
+        tools: ToolRequest | None = None,
+    ) -> Tokens:
         """Exactly the prompt the chat endpoint would send for these messages (`usage.prompt_tokens`)."""
+        self.host.check_model(model)
         loaded = self.host.require().loaded
-        text = prepare.chat_text(loaded.tokenizer, messages, add_generation_prompt=add_generation_prompt)
+        text = prepare.chat_text(loaded.tokenizer, messages, add_generation_prompt=add_generation_prompt, tools=tools)
         return Tokens(prepare.encode(loaded.tokenizer, text), text, loaded.max_context)
 
-    def tokenize_text(self, text: str, *, add_special_tokens: bool = False) -> Tokens:
+    def tokenize_text(self, text: str, *, add_special_tokens: bool = False, model: str | None = None) -> Tokens:
+        self.host.check_model(model)
         loaded = self.host.require().loaded
         ids = prepare.encode(loaded.tokenizer, text, add_special_tokens=add_special_tokens)
         return Tokens(ids, text, loaded.max_context)
 
-    def detokenize(self, ids: Sequence[int], *, param: str = "tokens") -> str:
+    def detokenize(self, ids: Sequence[int], *, param: str = "tokens", model: str | None = None) -> str:
+        self.host.check_model(model)
         tokenizer = self.host.require().loaded.tokenizer
         text: str = tokenizer.decode(prepare.check_token_ids(ids, tokenizer, param=param))
         return text

@@ -5,7 +5,8 @@ It answers deterministically from the prompt (`echo: <prompt>`), and misbehaves 
 - server flags: `--fail-first N --fail-status 503 --retry-after 1` (first N requests fail),
   `--delay S` (each answer takes S seconds, so work is in flight), `--no-health` (a generic server
   without /health/ready), `--no-score` (no /v1/score either, as any non-piBLOOM server),
-  `--api-key K` (Bearer required), `--model NAME`;
+  `--api-key K` (Bearer required), `--model NAME`, `--no-response-format` (a 400 naming
+  `response_format` when a request carries it, as a server without structured output answers);
 - prompt directives: `STATUS=400` answers that status; `JSON-AFTER=N` answers not-JSON for seed 0,
   JSON that breaks the test schema for seeds 1..N-1, and valid JSON (in a fence, with prose) from
   seed N on.
@@ -89,6 +90,8 @@ def build_app(args: argparse.Namespace) -> FastAPI:
         body = await logged(request)
         number = state["requests"]
         text = _prompt_text(body)
+        if args.no_response_format and "response_format" in body:
+            return error(400, "Unsupported field: 'response_format' is not supported", code="unsupported_field")
         refused = await admit(request, text, number)
         if refused is not None:
             return refused
@@ -173,6 +176,7 @@ def main() -> None:
     parser.add_argument("--retry-after", default=None)
     parser.add_argument("--no-health", action="store_true")
     parser.add_argument("--no-score", action="store_true")
+    parser.add_argument("--no-response-format", action="store_true")
     parser.add_argument("--api-key", default=None)
     args = parser.parse_args()
     sock = socket.socket()

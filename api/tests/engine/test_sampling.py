@@ -86,3 +86,14 @@ def test_token_logprobs_are_log_softmax_with_the_best_alternatives() -> None:
     assert [token for token, _ in result[0].top] == [2, 1]
     assert math.isclose(result[1].logprob, math.log(1 / 3), rel_tol=1e-6)
     assert token_logprobs(logits, torch.tensor([0, 2]), top=0)[0].top == ()
+
+
+def test_extreme_but_valid_parameters_still_sample_a_real_token() -> None:
+    """Found by schema fuzzing: repetition_penalty=5e-324 turned scores into inf and softmax into NaN,
+    and the failed step took every request in the batch down with it."""
+    logits = torch.tensor([1.0, 3.0, 2.0, -1.0])
+    generator = make_generator(0, CPU)
+    tiny_penalty = SamplingParams(temperature=1.0, repetition_penalty=5e-324)
+    assert sample_row(logits, tiny_penalty, generator, [0, 1]) == 1  # the most likely seen token wins by far
+    tiny_temperature = SamplingParams(temperature=1e-300)
+    assert sample_row(logits, tiny_temperature, generator, []) == 1  # as greedy

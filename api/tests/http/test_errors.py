@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
+
+from support import ServerFactory
 
 MODEL = "tiny-bloom"
 USER = [{"role": "user", "content": "Hello"}]
@@ -44,12 +48,14 @@ def test_body_that_is_not_an_object_is_400(base_url: str) -> None:
         ({"model": MODEL, "messages": USER, "max_tokens": "many"}, "max_tokens"),
         ({"model": MODEL, "messages": USER, "stream": "yes please"}, "stream"),
         ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
-        ({"messages": USER}, "model"),
         ({"model": MODEL}, "messages"),
         ({"model": MODEL, "messages": USER, "temperature": 3.5}, "temperature"),
         ({"model": MODEL, "messages": USER, "top_p": 0}, "top_p"),
-        ({"model": MODEL, "messages": USER, "n": 2}, "n"),
-        ({"model": MODEL, "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": MODEL, "messages": USER, "n": 9}, "n"),
+        ({"model": MODEL, "messages": USER, "stop": [str(i) for i in range(17)]}, "stop"),
+        ({"model": MODEL, "messages": USER, "min_p": 1.5}, "min_p"),
+        ({"model": MODEL, "messages": USER, "logit_bias": {"x": 1}}, "logit_bias"),
+        ({"model": MODEL, "messages": USER, "response_format": {"type": "xml"}}, "response_format"),
     ],
 )
 def test_wrong_types_and_ranges_name_the_field(base_url: str, body: dict[str, object], field: str) -> None:
@@ -110,18 +116,22 @@ def test_unknown_model_is_404(base_url: str) -> None:
     assert "gpt-4o" in str(error["message"]) and MODEL in str(error["message"])
 
 
+@pytest.fixture(scope="module")
+def strict_url(server_factory: ServerFactory) -> Iterator[str]:
+    """PIBLOOM_STRICT_FIELDS=true: unknown fields are refused by name, as before issue 13."""
+    with server_factory(strict_fields=True) as (url, _host):
+        yield url
+
+
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("logit_bias", {"50": 10}),
-        ("response_format", {"type": "json_object"}),
         ("functions", [{"name": "f"}]),
         ("made_up_option", True),
     ],
 )
-def test_unsupported_openai_fields_are_rejected_by_name(base_url: str, field: str, value: object) -> None:
-    response = post(base_url, "/v1/chat/completions", json={"model": MODEL, "messages": USER, field: value})
+def test_unsupported_openai_fields_are_rejected_by_name(strict_url: str, field: str, value: object) -> None:
+    response = post(strict_url, "/v1/chat/completions", json={"model": MODEL, "messages": USER, field: value})
     assert response.status_code == 400
     error = error_of(response)
     assert error["code"] == "unsupported_field"
@@ -129,13 +139,18 @@ def test_unsupported_openai_fields_are_rejected_by_name(base_url: str, field: st
     assert field in str(error["message"])
 
 
-def test_penalties_other_than_zero_are_rejected_by_name(base_url: str) -> None:
-    body = {"model": MODEL, "messages": USER, "presence_penalty": 0.5}
-    response = post(base_url, "/v1/chat/completions", json=body)
+def test_strict_mode_names_unknown_fields_inside_messages(strict_url: str) -> None:
+    messages = [{"role": "user", "content": "Hello", "vendor_tag": 1}]
+    response = post(strict_url, "/v1/chat/completions", json={"messages": messages, "max_tokens": 2})
     assert response.status_code == 400
-    assert error_of(response)["param"] == "presence_penalty"
-    ok = post(base_url, "/v1/chat/completions", json={**body, "presence_penalty": 0, "max_tokens": 2})
-    assert ok.status_code == 200
+    assert error_of(response)["param"] == "messages.0.vendor_tag"
+
+
+def test_strict_mode_still_answers_known_fields(strict_url: str) -> None:
+    body = {"messages": USER, "max_tokens": 2, "presence_penalty": 0.5, "n": 2, "logit_bias": {"5": -100}}
+    response = post(strict_url, "/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == 2
 
 
 def test_image_content_parts_are_rejected(base_url: str) -> None:
@@ -161,3 +176,15 @@ def test_nothing_above_returned_a_5xx(base_url: str) -> None:
     statuses = {line.split('status="')[1][:3] for line in server_errors}
     # 503s come only from the deliberate load-shedding tests, which use servers of their own.
     assert not statuses, server_errors
+
+
+def test_strict_mode_covers_every_body(strict_url: str) -> None:
+    for path, body in [
+        ("/v1/completions", {"prompt": "Hi", "max_tokens": 2, "bogus": 1}),
+        ("/v1/score", {"text": "Hello there", "bogus": 1}),
+        ("/tokenize", {"prompt": "Hi", "bogus": 1}),
+        ("/detokenize", {"tokens": [1], "bogus": 1}),
+    ]:
+        response = post(strict_url, path, json=body)
+        assert response.status_code == 400, (path, response.text)
+        assert "bogus" in response.text

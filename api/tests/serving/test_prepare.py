@@ -35,6 +35,9 @@ class _Message:
     def text(self) -> str:
         return self.content
 
+    def calls(self) -> list[tuple[str, str]]:
+        return []
+
 
 def test_developer_is_templated_as_system(tiny_loaded: LoadedModel) -> None:
     tokenizer = tiny_loaded.tokenizer
@@ -63,9 +66,14 @@ def test_sampling_defaults_and_limits(tiny_loaded: LoadedModel, tiny_settings: S
     with pytest.raises(ServingError) as too_long:
         sampling_params(tiny_loaded, tiny_settings, SamplingRequest(), tiny_loaded.max_context)
     assert too_long.value.code == "context_length_exceeded"
-    with pytest.raises(ServingError) as penalty:
-        sampling_params(tiny_loaded, tiny_settings, SamplingRequest(presence_penalty=0.5), 10)
-    assert penalty.value.param == "presence_penalty"
+    with pytest.raises(ServingError) as choices:
+        sampling_params(tiny_loaded, tiny_settings, SamplingRequest(n=tiny_settings.max_batch_size + 1), 10)
+    assert choices.value.param == "n" and choices.value.code in ("capacity_exceeded", "invalid_value")
+    with pytest.raises(ServingError) as stops:
+        sampling_params(tiny_loaded, tiny_settings, SamplingRequest(stop=tuple("abcdefghijklmnopq")), 10)
+    assert stops.value.param == "stop"
+    params = sampling_params(tiny_loaded, tiny_settings, SamplingRequest(presence_penalty=0.5, n=3, min_p=0.1), 10)
+    assert (params.presence_penalty, params.n, params.min_p) == (0.5, 3, 0.1)
 
 
 def test_models_card_carries_the_chat_defaults_from_settings(server_factory: ServerFactory) -> None:
@@ -74,3 +82,57 @@ def test_models_card_carries_the_chat_defaults_from_settings(server_factory: Ser
     assert card["defaults"]["temperature"] == 0.3
     assert card["defaults"]["max_tokens"] == 77
     assert card["max_tokens_limit"] == Settings().max_tokens_limit
+
+
+def test_fallback_tools_prompt_and_history(tiny_loaded: LoadedModel) -> None:
+    from pibloom.http.protocol.common import ChatMessage
+    from pibloom.serving.prepare import chat_text
+    from pibloom.serving.tools import FALLBACK_TOOLS_PROMPT, Tool, ToolRequest
+
+    tools = ToolRequest((Tool("lookup", "Find a word", {"type": "object", "properties": {"q": {"type": "string"}}}),))
+    messages = [
+        ChatMessage(role="system", content="Be brief."),
+        ChatMessage(role="user", content="Define cat"),
+        ChatMessage.model_validate(
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "c1", "function": {"name": "lookup", "arguments": '{"q": "cat"}'}}],
+            }
+        ),
+        ChatMessage(role="tool", content="a small feline", tool_call_id="c1"),
+    ]
+    text = chat_text(tiny_loaded.tokenizer, messages, tools=tools)
+    head = FALLBACK_TOOLS_PROMPT.split("{tools}")[0]
+    assert "Be brief.\n\n" + head in text  # merged into the existing system message
+    assert '{"name": "lookup", "parameters": {' in text and '"description": "Find a word"' in text
+    assert '<tool_call>\n{"name": "lookup", "arguments": {"q": "cat"}}\n</tool_call>' in text
+    assert "<tool_response>\na small feline\n</tool_response>" in text
+    assert head not in chat_text(tiny_loaded.tokenizer, messages, tools=ToolRequest(tools.tools, "none"))
+
+
+def test_a_template_that_renders_tools_gets_them_natively(tiny_loaded: LoadedModel) -> None:
+    import copy
+
+    from pibloom.http.protocol.common import ChatMessage
+    from pibloom.serving.prepare import chat_text
+    from pibloom.serving.tools import FALLBACK_TOOLS_PROMPT, Tool, ToolRequest
+
+    tokenizer = copy.deepcopy(tiny_loaded.tokenizer)
+    tokenizer.chat_template = (
+        "{% for t in tools or [] %}TOOL {{ t.function.name }}\n{% endfor %}"
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}"
+        "{% for c in m.tool_calls or [] %} CALL {{ c.function.name }}({{ c.function.arguments.q }}){% endfor %}\n"
+        "{% endfor %}"
+    )
+    tools = ToolRequest((Tool("lookup", None, {"type": "object", "properties": {"q": {"type": "string"}}}),))
+    messages = [
+        ChatMessage(role="user", content="Define cat"),
+        ChatMessage.model_validate(
+            {"role": "assistant", "tool_calls": [{"function": {"name": "lookup", "arguments": '{"q": "cat"}'}}]}
+        ),
+        ChatMessage(role="tool", content="a feline"),
+    ]
+    text = chat_text(tokenizer, messages, tools=tools)
+    assert text.startswith("TOOL lookup\n")
+    assert "CALL lookup(cat)" in text and "tool: a feline" in text
+    assert FALLBACK_TOOLS_PROMPT.split("{tools}")[0] not in text

@@ -22,6 +22,12 @@ class ModelCard(BaseModel):
     max_model_len: int = Field(description="Context size: prompt plus completion tokens.")
     max_tokens_limit: int = Field(description="Largest `max_tokens` a request may ask for.")
     defaults: SamplingDefaults = Field(description="What chat clients (the page, `pibloom chat`) start from.")
+    capabilities: list[str] = Field(
+        default_factory=list,
+        description="Request features this server honours, e.g. `response_format` (structured output), "
+        "`tools`, `n`, `logprobs`: clients show the matching controls.",
+    )
+    root: str | None = Field(None, description="For an alias: the model it names (as vLLM reports).")
 
 
 class ModelList(BaseModel):

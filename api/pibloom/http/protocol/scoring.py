@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from .common import ChatMessage, Strict, TopLogprob, Usage
+from .common import ChatMessage, RequestBody, TopLogprob, Usage
 
 
-class ScoreRequest(Strict):
+class ScoreRequest(RequestBody):
     model: str | None = Field(None, description="Optional; when given it must be the served model.")
     text: str | list[str] = Field(description="A text, or a list of texts, to score.")
     context: str | None = Field(None, description="Conditioned on but not scored (shared by every text).")
@@ -52,8 +52,10 @@ class ScoreResponse(BaseModel):
     usage: Usage
 
 
-class TokenizeRequest(Strict):
+class TokenizeRequest(RequestBody):
+    model: str | None = Field(None, description="Optional (vLLM's field); when given it must name the model.")
     text: str | None = None
+    prompt: str | None = Field(None, description="vLLM's name for `text`.")
     messages: list[ChatMessage] | None = None
     add_generation_prompt: bool = Field(True, description="With `messages`: end with the assistant's turn.")
     add_special_tokens: bool = Field(False, description="With `text`: let the tokenizer add BOS/EOS.")
@@ -66,7 +68,8 @@ class TokenizeResponse(BaseModel):
     text: str | None = Field(None, description="The text that was tokenized (after the chat template).")
 
 
-class DetokenizeRequest(Strict):
+class DetokenizeRequest(RequestBody):
+    model: str | None = Field(None, description="Optional (vLLM's field); when given it must name the model.")
     tokens: list[int] = Field(min_length=1)
 
 

@@ -18,6 +18,7 @@ class Renderer(Protocol):
         """The non-streaming answer."""
         ...
 
-    def chunk(self, event: Event | None, usage: Usage | None) -> str:
-        """One streamed chunk's JSON: an event's delta (and usage on the last one), or usage alone."""
+    def chunk(self, event: Event | None, usage: Usage | None) -> str | None:
+        """One streamed chunk's JSON: an event's delta (and usage on the last one), or usage alone;
+        None when there is nothing to send yet (a reply held back until its choice ends)."""
         ...

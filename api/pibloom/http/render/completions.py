@@ -21,34 +21,41 @@ class CompletionRenderer:
         self.prompt_ids = prompt_ids
         self.echo_text = echo_text  # None: no echo
         self.id, self.created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        self.offset = 0
-        self.counted = 0
-        self.echoed = False
+        # Per choice: characters sent (logprob offsets), tokens whose logprobs went out, echo sent.
+        self.offset: dict[int, int] = {}
+        self.counted: dict[int, int] = {}
+        self.echoed: set[int] = set()
 
     def whole(self, result: Result) -> Completion:
-        choice = CompletionChoice(text=(self.echo_text or "") + result.text, finish_reason=result.finish_reason)
-        if self.with_logprobs:
-            echoed = (self.prompt_ids, result.prompt_logprobs) if self.echo_text is not None else None
-            choice.logprobs = completion_logprobs(result.logprobs, self.names, 0, echoed)
+        choices = []
+        for c in result.choices:
+            choice = CompletionChoice(
+                index=c.index, text=(self.echo_text or "") + c.text, finish_reason=c.finish_reason
+            )
+            if self.with_logprobs:
+                echoed = (self.prompt_ids, result.prompt_logprobs) if self.echo_text is not None else None
+                choice.logprobs = completion_logprobs(c.logprobs, self.names, 0, echoed)
+            choices.append(choice)
         usage = Usage.of(result.prompt_tokens, result.completion_tokens)
-        return Completion(model=self.model, choices=[choice], usage=usage)
+        return Completion(model=self.model, choices=choices, usage=usage)
 
     def chunk(self, event: Event | None, usage: Usage | None) -> str:
         choices = []
         if event is not None:
+            index = event.index
             text = event.text
             echoed = None
-            if self.echo_text is not None and not self.echoed:
-                self.echoed = True
+            if self.echo_text is not None and index not in self.echoed:
+                self.echoed.add(index)
                 text = self.echo_text + text
                 if event.prompt_logprobs is not None:
                     echoed = (self.prompt_ids, event.prompt_logprobs)
-            choice = CompletionChoice(text=text, finish_reason=event.finish_reason)
+            choice = CompletionChoice(index=index, text=text, finish_reason=event.finish_reason)
             if self.with_logprobs:
-                fresh = event.logprobs if event.logprobs and event.generated > self.counted else []
-                choice.logprobs = completion_logprobs(fresh, self.names, self.offset, echoed)
-            self.counted = event.generated
-            self.offset += len(text)
+                fresh = event.logprobs if event.logprobs and event.generated > self.counted.get(index, 0) else []
+                choice.logprobs = completion_logprobs(fresh, self.names, self.offset.get(index, 0), echoed)
+            self.counted[index] = event.generated
+            self.offset[index] = self.offset.get(index, 0) + len(text)
             choices.append(choice)
         chunk = Completion(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
         return chunk.model_dump_json()

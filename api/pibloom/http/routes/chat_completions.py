@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from ...serving.errors import bad_request
 from ..deps import ApiKey, ServiceDep
+from ..fields import screen
 from ..protocol.chat import ChatCompletion, ChatCompletionRequest
 from ..render.chat import ChatRenderer
 from ..render.logprobs import TokenText
@@ -20,11 +21,13 @@ router = APIRouter(prefix="/v1", tags=["OpenAI"], dependencies=[ApiKey])
     summary="Chat completion (OpenAI); `stream: true` for server-sent events",
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, service: ServiceDep):
+    screen(body, strict=service.settings.strict_fields)
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    generation = service.chat(body.messages, body.sampling(), model=body.model, logprobs=logprobs)
-    renderer = ChatRenderer(service.model_name, TokenText(service.tokenizer), logprobs)
+    tools = body.tool_request()
+    generation = service.chat(body.messages, body.sampling(), model=body.model, logprobs=logprobs, tools=tools)
+    renderer = ChatRenderer(service.model_name, TokenText(service.tokenizer), logprobs, tools)
     return await respond(
         request,
         generation,

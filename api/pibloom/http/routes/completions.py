@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from ..deps import ApiKey, ServiceDep
+from ..fields import screen
 from ..protocol.completions import Completion, CompletionRequest
 from ..render.completions import CompletionRenderer
 from ..render.logprobs import TokenText
@@ -22,6 +23,7 @@ COMPLETIONS_DEFAULT_MAX = 16
     summary="Text completion (OpenAI); `stream: true` for server-sent events",
 )
 async def completions(body: CompletionRequest, request: Request, service: ServiceDep):
+    screen(body, strict=service.settings.strict_fields)
     generation = service.completion(
         body.prompt,
         body.sampling(),

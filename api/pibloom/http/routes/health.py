@@ -44,6 +44,16 @@ async def live(service: ServiceDep, response: Response) -> Health:
 
 
 @router.get(
+    "/health",
+    response_model=Health,
+    summary="Bare health check as vLLM, TGI and llama-server answer it: 200 when ready to serve, else 503",
+    responses=_unavailable(Health, _NOT_READY),
+)
+async def bare_health(service: ServiceDep, response: Response) -> Health:
+    return _health(service, response, service.host.ready)
+
+
+@router.get(
     "/health/ready",
     response_model=Health,
     summary="Readiness: the model is loaded, not draining",

@@ -7,6 +7,7 @@ import math
 from fastapi import APIRouter
 
 from ..deps import ApiKey, ServiceDep
+from ..fields import screen
 from ..protocol.common import TopLogprob, Usage
 from ..protocol.scoring import Score, ScoredToken, ScoreRequest, ScoreResponse
 from ..render.logprobs import TokenText
@@ -21,6 +22,7 @@ router = APIRouter(tags=["scoring"], dependencies=[ApiKey])
     summary="How likely the model finds each text: log-probability, mean, perplexity",
 )
 async def score(body: ScoreRequest, service: ServiceDep) -> ScoreResponse:
+    screen(body, strict=service.settings.strict_fields)
     texts = [body.text] if isinstance(body.text, str) else body.text
     top = body.top_logprobs if body.logprobs else 0
     scores = await service.score(texts, body.context, top, model=body.model)

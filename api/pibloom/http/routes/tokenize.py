@@ -7,6 +7,7 @@ from fastapi import APIRouter
 
 from ...serving.errors import bad_request
 from ..deps import ApiKey, ServiceDep
+from ..fields import screen
 from ..protocol.scoring import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 router = APIRouter(tags=["scoring"], dependencies=[ApiKey])
@@ -14,14 +15,19 @@ router = APIRouter(tags=["scoring"], dependencies=[ApiKey])
 
 @router.post("/tokenize", response_model=TokenizeResponse, summary="Text or chat messages to token ids")
 async def tokenize(body: TokenizeRequest, service: ServiceDep) -> TokenizeResponse:
-    if (body.text is None) == (body.messages is None):
-        raise bad_request("give exactly one of 'text' or 'messages'", param="text")
+    screen(body, strict=service.settings.strict_fields)
+    given = [name for name in ("text", "prompt", "messages") if getattr(body, name) is not None]
+    if len(given) != 1:
+        raise bad_request("give exactly one of 'text' (or vLLM's 'prompt') or 'messages'", param="text")
     if body.messages is not None:
         if not body.messages:
             raise bad_request("messages must not be empty", param="messages")
-        tokens = service.tokenize_chat(body.messages, add_generation_prompt=body.add_generation_prompt)
+        tokens = service.tokenize_chat(
+            body.messages, add_generation_prompt=body.add_generation_prompt, model=body.model
+        )
     else:
-        tokens = service.tokenize_text(body.text or "", add_special_tokens=body.add_special_tokens)
+        text = body.text if body.text is not None else body.prompt
+        tokens = service.tokenize_text(text or "", add_special_tokens=body.add_special_tokens, model=body.model)
     return TokenizeResponse(
         tokens=tokens.ids, count=len(tokens.ids), max_model_len=tokens.max_model_len, text=tokens.text
     )
@@ -29,4 +35,5 @@ async def tokenize(body: TokenizeRequest, service: ServiceDep) -> TokenizeRespon
 
 @router.post("/detokenize", response_model=DetokenizeResponse, summary="Token ids to text")
 async def detokenize(body: DetokenizeRequest, service: ServiceDep) -> DetokenizeResponse:
-    return DetokenizeResponse(text=service.detokenize(body.tokens))
+    screen(body, strict=service.settings.strict_fields)
+    return DetokenizeResponse(text=service.detokenize(body.tokens, model=body.model))

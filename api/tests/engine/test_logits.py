@@ -1,0 +1,134 @@
+"""Per-row logits processing in the engine: n choices from one prefill, grammar masks that touch only
+their own rows, OpenAI's penalties, logit bias, and a cancelled constrained request freeing its state."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import json
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema
+import llguidance
+import pytest
+import torch
+
+from pibloom.engine.loader import LoadedModel
+from pibloom.engine.logits import RowShaper
+from pibloom.engine.request import Event, SamplingParams
+from pibloom.engine.scheduler import Engine
+
+from support import wait_for
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 50}, "tag": {"enum": ["a", "b"]}},
+    "required": ["n", "tag"],
+    "additionalProperties": False,
+}
+
+
+def grammar(schema: dict[str, Any]) -> str:
+    return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+
+
+class CountingForward:
+    """The model's forward pass, counting the prompt tokens it is given (prefill calls only)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.prefilled = 0
+
+    def __call__(self, ids: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if ids.shape[1] > 1:
+            self.prefilled += int(ids.shape[1]) * int(ids.shape[0])
+        return self.inner(ids, *args, **kwargs)
+
+
+@pytest.fixture
+def counting(tiny_llama: LoadedModel) -> Iterator[tuple[Engine, CountingForward]]:
+    forward = CountingForward(tiny_llama.forward)
+    engine = Engine(dataclasses.replace(tiny_llama, forward=forward), max_batch_size=8, max_queue=8)
+    engine.start()
+    yield engine, forward
+    engine.shutdown(10)
+
+
+async def collect(engine: Engine, prompt: list[int], params: SamplingParams) -> dict[int, tuple[list[int], str, str]]:
+    out: dict[int, tuple[list[int], str, str]] = {}
+    async for event in engine.stream(prompt, params):
+        tokens, text, _ = out.get(event.index, ([], "", ""))
+        out[event.index] = (tokens + event.token_ids, text + event.text, event.finish_reason or "")
+    return out
+
+
+def test_n_choices_prefill_the_prompt_once(counting: tuple[Engine, CountingForward], tiny_llama: LoadedModel) -> None:
+    engine, forward = counting
+    prompt = tiny_llama.tokenizer("The quick brown fox jumps over the lazy dog.")["input_ids"]
+    params = SamplingParams(max_tokens=6, temperature=1.0, seed=5, n=4, ignore_eos=True)
+    out = asyncio.run(collect(engine, prompt, params))
+    assert sorted(out) == [0, 1, 2, 3]
+    assert forward.prefilled == len(prompt)  # one prefill, copied into four rows
+    assert all(len(tokens) == 6 and reason == "length" for tokens, _, reason in out.values())
+    # Choice i samples as a single request seeded seed + i would.
+    for i in (0, 2):
+        alone = asyncio.run(collect(engine, prompt, dataclasses.replace(params, n=1, seed=5 + i)))
+        assert alone[0][0] == out[i][0]
+
+
+def test_grammar_rows_mix_with_free_rows(counting: tuple[Engine, CountingForward], tiny_llama: LoadedModel) -> None:
+    engine, _ = counting
+    prompt = tiny_llama.tokenizer("Hello")["input_ids"]
+    free = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+    constrained = SamplingParams(max_tokens=60, temperature=1.0, seed=1, grammar=grammar(SCHEMA), n=3)
+
+    async def both() -> tuple[Any, Any, Any]:
+        return await asyncio.gather(
+            collect(engine, prompt, free), collect(engine, prompt, constrained), collect(engine, prompt, free)
+        )
+
+    alone = asyncio.run(collect(engine, prompt, free))
+    first, shaped, second = asyncio.run(both())
+    assert first[0][0] == alone[0][0] == second[0][0]  # masks touched no free row
+    for _tokens, text, reason in shaped.values():
+        assert reason == "stop"
+        jsonschema.validate(json.loads(text), SCHEMA)
+
+
+def test_cancelled_constrained_request_frees_its_grammar_and_slot(tiny_llama: LoadedModel) -> None:
+    engine = Engine(tiny_llama, max_batch_size=2, max_queue=2)
+    engine.start()
+    try:
+        loop = asyncio.new_event_loop()
+        endless = {"type": "string", "pattern": "^[ab]{400}$"}  # cannot end before max_tokens
+        params = SamplingParams(max_tokens=500, temperature=1.0, grammar=grammar(endless), n=2)
+        stream = engine.stream(tiny_llama.tokenizer("Hello")["input_ids"], params)
+        first: Event = loop.run_until_complete(anext(stream))
+        assert first.finish_reason is None
+        wait_for(lambda: len(engine._running) == 2, what="both choices running")
+        states = [weakref.ref(s.shaper) for s in list(engine._running) if s.shaper is not None]
+        assert len(states) == 2
+        loop.run_until_complete(stream.aclose())  # the client goes away
+        wait_for(lambda: not engine._running and engine.load()["running"] == 0, what="rows freed")
+        gc.collect()
+        assert all(ref() is None for ref in states)
+        # The slots are free again: a request that needs both rows runs.
+        again = loop.run_until_complete(collect(engine, [1, 2, 3], SamplingParams(max_tokens=3, n=2)))
+        assert sorted(again) == [0, 1]
+        loop.close()
+    finally:
+        engine.shutdown(10)
+
+
+def test_penalties_follow_openai_semantics() -> None:
+    params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25, logit_bias=((1, 2.0), (2, -100.0)))
+    shaper = RowShaper(params, tokenizer=None, width=5, eos_ids=frozenset({4}))
+    for token in (0, 0, 3):
+        shaper.accept(token)
+    logits = shaper.apply(torch.zeros(5))
+    # token 0 seen twice: -(2 * 0.25 + 0.5); token 3 once: -(0.25 + 0.5); 1 biased +2; 2 banned.
+    assert logits.tolist() == [-1.0, 2.0, float("-inf"), -0.75, 0.0]
