@@ -45,7 +45,11 @@ def test_api_image_installs_cpu_torch_before_the_package_and_bakes_the_model() -
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, flags=re.MULTILINE)
     torch_at = build.index('"torch==${TORCH_VERSION}"')
     assert "https://download.pytorch.org/whl/cpu" in build
-    assert torch_at < build.index("pip install --no-cache-dir .") < build.index("pibloom model fetch")
+    # Then every other dependency from the lock (torch is not in it), then the package alone.
+    lock_at = build.index("poetry install --only main --no-root")
+    assert "COPY pyproject.toml poetry.lock" in build
+    package_at = build.index("pip install --no-cache-dir --no-deps .")
+    assert torch_at < lock_at < package_at < build.index("pibloom model fetch")
     # torch in the image is the version the project pins everywhere.
     assert "ARG TORCH_VERSION=2.13.0" in build
 
@@ -66,7 +70,7 @@ def test_api_image_runs_unprivileged_and_serves_on_all_interfaces() -> None:
 def test_api_build_context_sends_only_the_package() -> None:
     ignore = (ROOT / "api" / ".dockerignore").read_text(encoding="utf-8").split()
     assert ignore[ignore.index("*")] == "*"  # everything excluded, then the package allowed back
-    assert {"!pyproject.toml", "!README.md", "!pibloom/"} <= set(ignore)
+    assert {"!pyproject.toml", "!poetry.lock", "!README.md", "!pibloom/"} <= set(ignore)
 
 
 def test_proxy_image_defaults_match_the_local_renderer() -> None:
