@@ -45,6 +45,8 @@ def test_api_image_installs_cpu_torch_before_the_package_and_bakes_the_model() -
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, flags=re.MULTILINE)
     torch_at = build.index('"torch==${TORCH_VERSION}"')
     assert "https://download.pytorch.org/whl/cpu" in build
+    # accelerate (transformers needs it for GGUF files; it depends on torch) without dependencies.
+    assert torch_at < build.index('pip install --no-cache-dir --no-deps "accelerate==${ACCELERATE_VERSION}"')
     # Then every other dependency from the lock (torch is not in it), then the package alone.
     lock_at = build.index("poetry install --only main --no-root")
     assert "COPY pyproject.toml poetry.lock" in build
@@ -85,3 +87,15 @@ def test_proxy_image_defaults_match_the_local_renderer() -> None:
     assert "COPY nginx.conf.template /etc/nginx/templates/nginx.conf.template" in text
     assert re.search(r'^CMD \["nginx", "-c", "/tmp/nginx.conf"', text, flags=re.MULTILINE)
     assert re.search(r"^USER 101:101$", text, flags=re.MULTILINE)
+
+
+def test_the_lock_leaves_torch_to_each_platform() -> None:
+    """torch (and accelerate, which depends on it) are installed per platform before the lock: a lock
+    that held them would pin one build (PyPI's CUDA wheels on x86_64 and aarch64) for every machine."""
+    import tomllib
+
+    lock = tomllib.loads((ROOT / "api" / "poetry.lock").read_text(encoding="utf-8"))
+    names = {package["name"] for package in lock["package"]}
+    assert {"transformers", "fastapi", "gguf", "psutil"} <= names
+    assert not names & {"torch", "accelerate", "triton"}
+    assert not [name for name in names if name.startswith(("nvidia-", "cuda-"))]
