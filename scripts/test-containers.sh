@@ -112,10 +112,16 @@ if ! curl -fsS -m 15 -o /dev/null https://download.pytorch.org/whl/cpu/torch/ 2>
     step "download.pytorch.org cannot be reached: torch $TORCH_VERSION and its dependencies from a local index"
     bash scripts/torch-index.sh "$arch" "$TORCH_VERSION" "$CACHE/torch-index/$arch" \
         2> >(grep -v '^WARNING: Location' >&2)
-    index_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # A fixed port: the URL is a build argument, so a new one each run would void the layer cache.
+    index_port=${PIBLOOM_TORCH_INDEX_PORT:-18479}
     python3 -m http.server --bind 127.0.0.1 --directory "$CACHE/torch-index/$arch" "$index_port" \
         >/dev/null 2>&1 &
     server_pid=$!
+    t0=$SECONDS
+    until curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$index_port/simple/torch/" 2>/dev/null; do
+        [ $((SECONDS - t0)) -lt 20 ] || fail "the local torch index did not start on port $index_port"
+        sleep 0.2
+    done
     build_args+=(--build-arg "TORCH_INDEX_URL=http://127.0.0.1:$index_port/simple/")
 fi
 
@@ -240,10 +246,22 @@ step "recovered: the api answers through the proxy again"
 
 # two replicas: requests spread over both (per-replica counts from each replica's /metrics)
 step "scaling the api to 2 replicas"
-"${compose[@]}" up -d --no-build --scale api=2 >>"$CACHE/compose-up.log" 2>&1 || {
+if [ "$engine" = docker ]; then
+    scale=(up -d --no-build --scale api=2)
+else
+    # podman-compose 1.0.3 parses --scale but ignores it; it starts deploy.replicas containers, and
+    # adds none to a running project: the same two replicas, written its way.
+    printf 'services:\n  api:\n    deploy:\n      replicas: 2\n' >"$CACHE/compose-replicas.yml"
+    "${compose[@]}" down >/dev/null 2>&1
+    compose+=(-f docker-compose.yml -f "$CACHE/compose-replicas.yml")
+    scale=(up -d --no-build)
+fi
+"${compose[@]}" "${scale[@]}" >>"$CACHE/compose-up.log" 2>&1 || {
     tail -30 "$CACHE/compose-up.log" >&2
-    fail "compose up --scale api=2"
+    fail "compose ${scale[*]} (2 api replicas)"
 }
+wait_for "$base/health/ready" 200 300 || fail "the stack with 2 api replicas did not become ready"
+api=$(container api 1)
 api2=$(container api 2)
 [ -n "$api2" ] || fail "no second api container after --scale api=2"
 replica_count() { # chat completions answered 200 by replica $1
