@@ -64,9 +64,11 @@ def entrypoint_resolver(value: str | None, resolv_conf: str, tmp_path: Path) -> 
 def test_resolver_auto_takes_the_containers_own_name_servers(tmp_path: Path) -> None:
     assert os.access(RESOLVER_SCRIPT, os.X_OK)  # the entrypoint only sources executable *.envsh files
     docker = "nameserver 127.0.0.11\noptions ndots:0\n"
-    podman = "search dns.podman\n# generated\nnameserver 10.89.0.1\nnameserver fd00::1\nnameserver fe80::1%eth0\n"
+    # podman: its network's aardvark-dns, then the host's resolvers, which know no service names.
+    podman = "search dns.podman\n# generated\nnameserver 10.89.0.1\nnameserver 10.255.255.53\n"
     assert entrypoint_resolver("auto", docker, tmp_path) == "127.0.0.11"
-    assert entrypoint_resolver("auto", podman, tmp_path) == "10.89.0.1 [fd00::1] [fe80::1]"
+    assert entrypoint_resolver("auto", podman, tmp_path) == "10.89.0.1"
+    assert entrypoint_resolver("auto", "nameserver fe80::1%eth0\nnameserver fd00::1\n", tmp_path) == "[fe80::1]"
     assert entrypoint_resolver("auto", "", tmp_path) == "127.0.0.1"
     # An address that is set stays as it is; so does an unset one (the image's default then applies).
     assert entrypoint_resolver("10.0.0.10", podman, tmp_path) == "10.0.0.10"

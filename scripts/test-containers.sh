@@ -107,6 +107,7 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 if ! curl -fsS -m 15 -o /dev/null https://download.pytorch.org/whl/cpu/torch/ 2>/dev/null; then
     step "download.pytorch.org cannot be reached: torch $TORCH_VERSION and its dependencies from a local index"
@@ -222,7 +223,15 @@ check_processes "$(container proxy)" 101
 
 # the api killed: the proxy answers 503 + Retry-After at once, then recovers
 step "killing $api"
+state() { "$engine" inspect --format '{{.State.Running}} {{.State.StartedAt}}' "$api"; }
+before=$(state)
 "$engine" kill "$api" >/dev/null
+# Gone, or already restarted by the restart policy (a new start time): either way the old process died.
+t0=$SECONDS
+while [ "$(state)" = "$before" ]; do
+    [ $((SECONDS - t0)) -lt 20 ] || fail "$api still runs 20 s after it was killed"
+    sleep 0.2
+done
 headers=$(curl -s -m 15 -D - -o /dev/null -H 'content-type: application/json' \
     -d '{"messages":[{"role":"user","content":"hi"}],"max_tokens":4}' "$base/v1/chat/completions") \
     || fail "the proxy did not answer within 15 s while the api was down (a hang)"
