@@ -68,7 +68,7 @@ podman logs pibloom-arm64-api 2>&1 | grep -q "converting " && fail "the arm64 ap
 say "arm64 api ready in ${ready}s ($machine, emulated)"
 t0=$SECONDS
 answer=$(curl -fsS -m 900 -H 'content-type: application/json' \
-    -d '{"messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":8,"temperature":0}' \
+    -d '{"model":"SmolLM2-135M-Instruct","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":8,"temperature":0}' \
     "http://127.0.0.1:$PORT/v1/chat/completions") || fail "no chat answer from the arm64 api"
 say "arm64 chat answered in $((SECONDS - t0))s: $(python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])' <<<"$answer")"
 

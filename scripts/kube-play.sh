@@ -86,7 +86,8 @@ say "Service names resolve: api and web answer from the proxy pod"
 
 answer=$(podman run --rm --network "$net" --entrypoint python pibloom/api:0.2.0 -c '
 import json, urllib.request as r
-body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+model = json.load(r.urlopen("http://proxy:8080/v1/models", timeout=30))["data"][0]["id"]
+body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
 req = r.Request("http://proxy:8080/v1/chat/completions", body, {"content-type": "application/json"})
 print(json.load(r.urlopen(req, timeout=120))["choices"][0]["message"]["content"])') \
     || fail "no chat through the proxy pod"

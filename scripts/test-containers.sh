@@ -96,6 +96,8 @@ cleanup() {
     set +e
     if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null; fi
     if [ "${keep:-}" != 1 ]; then
+        # The second replica under podman is not one podman-compose's `down` knows.
+        [ "$engine" != podman ] || podman rm -f "${PROJECT}_api_2" >/dev/null 2>&1
         "${compose[@]}" down -v >/dev/null 2>&1
         if [ "$engine" = podman ]; then
             for f in kubernetes/api-deployment.yaml kubernetes/web-deployment.yaml kubernetes/proxy-deployment.yaml; do
@@ -193,7 +195,10 @@ if "$engine" logs "$api" 2>&1 | grep -q "converting "; then
 fi
 
 # streaming chat, through nginx to the api and through nginx + Express to the api
-chat='{"messages":[{"role":"user","content":"Say hello."}],"max_tokens":8,"stream":true}'
+model=$(curl -fsS -m 10 "$base/v1/models" | python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["id"])') \
+    || fail "no model listed at $base/v1/models"
+say "serving $model"
+chat='{"model":"'$model'","messages":[{"role":"user","content":"Say hello."}],"max_tokens":8,"stream":true}'
 for path in /v1/chat/completions /api/v1/chat/completions; do
     body=$(curl -sS -m 120 -N -H 'content-type: application/json' -d "$chat" "$base$path") \
         || fail "streaming chat via $path"
@@ -233,7 +238,7 @@ while [ "$(state)" = "$before" ]; do
     sleep 0.2
 done
 headers=$(curl -s -m 15 -D - -o /dev/null -H 'content-type: application/json' \
-    -d '{"messages":[{"role":"user","content":"hi"}],"max_tokens":4}' "$base/v1/chat/completions") \
+    -d '{"model":"'$model'","messages":[{"role":"user","content":"hi"}],"max_tokens":4}' "$base/v1/chat/completions") \
     || fail "the proxy did not answer within 15 s while the api was down (a hang)"
 grep -q '^HTTP/[0-9.]* 503' <<<"$headers" || fail "the proxy answered $(head -1 <<<"$headers") with the api down"
 grep -qi '^retry-after: [0-9]' <<<"$headers" || fail "no Retry-After on the proxy's 503"
@@ -249,7 +254,7 @@ if [ "$("$engine" inspect --format '{{.State.Running}}' "$api")" != true ]; then
 fi
 wait_for "$base/health/ready" 200 300 || fail "the proxy did not recover after the api came back"
 body=$(curl -sS -m 120 -H 'content-type: application/json' \
-    -d '{"messages":[{"role":"user","content":"hi"}],"max_tokens":4}' "$base/v1/chat/completions")
+    -d '{"model":"'$model'","messages":[{"role":"user","content":"hi"}],"max_tokens":4}' "$base/v1/chat/completions")
 grep -q '"choices"' <<<"$body" || fail "no chat after the api came back: ${body:0:300}"
 step "recovered: the api answers through the proxy again"
 
@@ -258,12 +263,11 @@ step "scaling the api to 2 replicas"
 if [ "$engine" = docker ]; then
     scale=(up -d --no-build --scale api=2)
 else
-    # podman-compose 1.0.3 parses --scale but ignores it; it starts deploy.replicas containers, and
-    # adds none to a running project: the same two replicas, written its way.
-    printf 'services:\n  api:\n    deploy:\n      replicas: 2\n' >"$CACHE/compose-replicas.yml"
-    "${compose[@]}" down >/dev/null 2>&1
-    compose+=(-f docker-compose.yml -f "$CACHE/compose-replicas.yml")
-    scale=(up -d --no-build)
+    # podman-compose 1.0.3 parses --scale but ignores it, and with deploy.replicas above 1 it breaks
+    # the list-form healthcheck of every replica after the first; `run -d` adds a second api
+    # container from the same service definition (network alias `api`, environment, limits,
+    # read-only root, no capabilities).
+    scale=(run -d --no-deps --name "${PROJECT}_api_2" api)
 fi
 "${compose[@]}" "${scale[@]}" >>"$CACHE/compose-up.log" 2>&1 || {
     tail -30 "$CACHE/compose-up.log" >&2
@@ -289,7 +293,7 @@ before2=$(replica_count "$api2")
 sent=0
 while :; do
     curl -sS -m 120 -o /dev/null -H 'content-type: application/json' \
-        -d '{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}' "$base/v1/chat/completions"
+        -d '{"model":"'$model'","messages":[{"role":"user","content":"hi"}],"max_tokens":2}' "$base/v1/chat/completions"
     sent=$((sent + 1))
     n1=$(($(replica_count "$api") - before1))
     n2=$(($(replica_count "$api2") - before2))
@@ -300,6 +304,7 @@ while :; do
 done
 step "--scale api=2: $sent requests through the proxy, $api answered $n1, $api2 answered $n2"
 
+[ "$engine" != podman ] || podman rm -f "${PROJECT}_api_2" >/dev/null 2>&1
 "${compose[@]}" down -v >/dev/null 2>&1
 
 # --- Kubernetes manifests under podman kube play ----------------------------------------------
