@@ -20,9 +20,17 @@ fail() {
 
 podman network exists "$net" || podman network create "$net" >/dev/null
 for svc in api web proxy; do
-    podman kube down "kubernetes/$svc-deployment.yaml" >/dev/null 2>&1 || true
-    podman kube play --network "$net:alias=$svc" "kubernetes/$svc-deployment.yaml" >/dev/null \
-        || fail "podman kube play kubernetes/$svc-deployment.yaml"
+    # podman 4.3 sometimes tries to remove the api pod's finished init container while it is still
+    # being torn down ("cannot remove container ... as it is running"), a race of its own: up to 3 tries.
+    for try in 1 2 3; do
+        podman kube down "kubernetes/$svc-deployment.yaml" >/dev/null 2>&1 || true
+        if out=$(podman kube play --network "$net:alias=$svc" "kubernetes/$svc-deployment.yaml" 2>&1); then
+            break
+        fi
+        grep -q "failed to remove once init container" <<<"$out" && [ "$try" -lt 3 ] \
+            || fail "podman kube play kubernetes/$svc-deployment.yaml: $(tail -2 <<<"$out")"
+        say "podman's init-container race on try $try; playing again"
+    done
     say "played kubernetes/$svc-deployment.yaml (network $net, alias $svc)"
 done
 

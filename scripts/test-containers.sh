@@ -100,6 +100,8 @@ cleanup() {
         [ "$engine" != podman ] || podman rm -f "${PROJECT}_api_2" >/dev/null 2>&1
         "${compose[@]}" down -v >/dev/null 2>&1
         if [ "$engine" = podman ]; then
+            # podman-compose 1.0.3's `down` leaves the project's network behind.
+            podman network rm -f "${PROJECT}_default" >/dev/null 2>&1
             for f in kubernetes/api-deployment.yaml kubernetes/web-deployment.yaml kubernetes/proxy-deployment.yaml; do
                 podman kube down "$f" >/dev/null 2>&1
             done
