@@ -9,22 +9,31 @@ BIN := $(CURDIR)/$(VENV)/bin
 # torch is installed on its own, before the lock, so each platform gets its own build.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+# transformers needs accelerate to read GGUF files; accelerate depends on torch, so it stays out of the
+# lock too and goes in without dependencies (the others are in the lock).
+ACCELERATE_SPEC ?= accelerate==1.16.0
 export PIBLOOM_CACHE_DIR ?= $(CURDIR)/.cache/pibloom
 # Tests and the local stack share the cores between several processes: see api/pibloom/server.py.
 export OMP_WAIT_POLICY ?= PASSIVE
 STAMP := $(VENV)/.pibloom-installed
+# Python dependencies come from api/poetry.lock, installed by poetry kept in its own venv (so its own
+# dependencies never mix with the project's). torch is not in the lock: it is installed first, above.
+POETRY_SPEC ?= poetry==2.5.1
+POETRY := $(CURDIR)/$(VENV)/poetry/bin/poetry
 
-.PHONY: setup setup-api setup-web system-deps model run serve test lint test-api test-web test-deploy test-e2e bench clean
+.PHONY: setup setup-api setup-web system-deps model run serve test lint test-api test-web test-deploy test-e2e bench test-containers clean
 
 setup: setup-api setup-web
 
 setup-api: $(STAMP)
 
-$(STAMP): api/pyproject.toml
+$(STAMP): api/pyproject.toml api/poetry.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e "api[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps "$(ACCELERATE_SPEC)"
+	test -x $(POETRY) || ($(PYTHON) -m venv $(VENV)/poetry && $(VENV)/poetry/bin/pip install --quiet "$(POETRY_SPEC)")
+	cd api && VIRTUAL_ENV=$(CURDIR)/$(VENV) $(POETRY) install --all-extras --no-interaction --quiet
 	touch $@
 
 setup-web: web/node_modules/.package-lock.json web/dist/index.html
@@ -49,6 +58,7 @@ run: setup model
 	@bash scripts/run-local.sh
 
 lint: setup-api
+	cd api && $(POETRY) check --lock --no-interaction
 	$(BIN)/ruff check --config api/pyproject.toml api e2e scripts deploy-tests
 	$(BIN)/ruff format --config api/pyproject.toml --check api e2e scripts deploy-tests
 	cd api && $(BIN)/lint-imports
@@ -69,6 +79,12 @@ test-e2e: setup system-deps model
 	$(BIN)/pytest -q e2e
 
 test: lint test-api test-web test-deploy test-e2e
+
+# The three images built from the unchanged Dockerfiles and the stack run in containers as compose
+# (and, under podman, the Kubernetes manifests) describe it: Docker when an engine answers, else
+# podman as root. Prints "skipped: <why>" where containers cannot run. See README ("Container tests").
+test-containers: setup-api
+	@bash scripts/test-containers.sh
 
 bench: setup model
 	$(BIN)/pibloom bench

@@ -45,7 +45,13 @@ def test_api_image_installs_cpu_torch_before_the_package_and_bakes_the_model() -
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, flags=re.MULTILINE)
     torch_at = build.index('"torch==${TORCH_VERSION}"')
     assert "https://download.pytorch.org/whl/cpu" in build
-    assert torch_at < build.index("pip install --no-cache-dir .") < build.index("pibloom model fetch")
+    # accelerate (transformers needs it for GGUF files; it depends on torch) without dependencies.
+    assert torch_at < build.index('pip install --no-cache-dir --no-deps "accelerate==${ACCELERATE_VERSION}"')
+    # Then every other dependency from the lock (torch is not in it), then the package alone.
+    lock_at = build.index("poetry install --only main --no-root")
+    assert "COPY pyproject.toml poetry.lock" in build
+    package_at = build.index("pip install --no-cache-dir --no-deps .")
+    assert torch_at < lock_at < package_at < build.index("pibloom model fetch")
     # torch in the image is the version the project pins everywhere.
     assert "ARG TORCH_VERSION=2.13.0" in build
 
@@ -66,7 +72,7 @@ def test_api_image_runs_unprivileged_and_serves_on_all_interfaces() -> None:
 def test_api_build_context_sends_only_the_package() -> None:
     ignore = (ROOT / "api" / ".dockerignore").read_text(encoding="utf-8").split()
     assert ignore[ignore.index("*")] == "*"  # everything excluded, then the package allowed back
-    assert {"!pyproject.toml", "!README.md", "!pibloom/"} <= set(ignore)
+    assert {"!pyproject.toml", "!poetry.lock", "!README.md", "!pibloom/"} <= set(ignore)
 
 
 def test_proxy_image_defaults_match_the_local_renderer() -> None:
@@ -81,3 +87,15 @@ def test_proxy_image_defaults_match_the_local_renderer() -> None:
     assert "COPY nginx.conf.template /etc/nginx/templates/nginx.conf.template" in text
     assert re.search(r'^CMD \["nginx", "-c", "/tmp/nginx.conf"', text, flags=re.MULTILINE)
     assert re.search(r"^USER 101:101$", text, flags=re.MULTILINE)
+
+
+def test_the_lock_leaves_torch_to_each_platform() -> None:
+    """torch (and accelerate, which depends on it) are installed per platform before the lock: a lock
+    that held them would pin one build (PyPI's CUDA wheels on x86_64 and aarch64) for every machine."""
+    import tomllib
+
+    lock = tomllib.loads((ROOT / "api" / "poetry.lock").read_text(encoding="utf-8"))
+    names = {package["name"] for package in lock["package"]}
+    assert {"transformers", "fastapi", "gguf", "psutil"} <= names
+    assert not names & {"torch", "accelerate", "triton"}
+    assert not [name for name in names if name.startswith(("nvidia-", "cuda-"))]

