@@ -1,4 +1,4 @@
-"""The OpenVINO GenAI peer in a bench run: prepare it (openvino.py), run the runner once for every
+"""The OpenVINO GenAI peer in a bench run: prepare it (openvino_setup.py), run the runner once for every
 level (and the next-turn chat case), and turn its JSON into the bench's figures."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .chat_cases import ChatFigures
-from .conversations import LONG_HISTORY_WORDS, conversation, next_turn
-from .openvino import (
+from .conversations import LONG_HISTORY_WORDS, LONGEST_WORDS, conversation, next_turn
+from .openvino_setup import (
     OpenVinoResult,
     OpenVinoUnavailable,
     RunnerOutputError,
@@ -53,6 +53,8 @@ def runner_spec(model_dir: Path, request: OpenVinoRequest) -> RunnerSpec:
         threads=cpu_count(),
         chat_history=history,
         chat_follow_up=next_turn(history, CANNED_REPLY) if history else [],
+        # As on the HTTP peers, where the ~3,000-token chat runs before the cold turn.
+        chat_warm=conversation(LONGEST_WORDS, seed=2) if request.chat else [],
     )
 
 

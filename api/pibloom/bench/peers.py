@@ -3,7 +3,7 @@
 piBLOOM peers run `pibloom serve` from this same environment (one server for every level), at its
 serving defaults (`pibloom-spin` adds PIBLOOM_OMP_SPIN=true, as on a dedicated host); `llama-server` is
 restarted per level, because its slot count (`-np`) must equal the concurrency. The OpenVINO GenAI
-peer is no server: see openvino.py.
+peer is no server: see openvino_peer.py.
 Each server runs in its own process group so that stopping it also stops its workers.
 """
 

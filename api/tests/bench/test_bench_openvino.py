@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from pibloom.bench import openvino, openvino_peer, openvino_runner
-from pibloom.bench.openvino import (
+from pibloom.bench import openvino_peer, openvino_runner, openvino_setup
+from pibloom.bench.openvino_peer import OpenVinoRequest, run_openvino_peer, runner_spec
+from pibloom.bench.openvino_setup import (
     OpenVinoUnavailable,
     RunnerOutputError,
     converted_model,
     parse_runner_output,
     supported_machine,
 )
-from pibloom.bench.openvino_peer import OpenVinoRequest, run_openvino_peer, runner_spec
 
 GOOD = {
     "levels": [
@@ -92,6 +92,7 @@ def test_runner_spec_carries_the_levels_and_the_chat_case(tmp_path: Path) -> Non
     assert history[-1]["role"] == "user"
     assert follow[: len(history)] == history  # the next turn extends the history: a prefix to reuse
     assert [m["role"] for m in follow[len(history) :]] == ["assistant", "user"]
+    assert spec["chat_warm"][0] != history[0]  # the warm-up shares no prefix with the measured chat
     assert json.loads(runner_spec(tmp_path, request(tmp_path, chat=False)).to_json())["chat_history"] == []
 
 
@@ -140,11 +141,11 @@ def test_a_runner_that_hangs_is_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_install_skips_when_the_stamp_matches(tmp_path: Path) -> None:
-    python = openvino.venv_python(tmp_path)
+    python = openvino_setup.venv_python(tmp_path)
     python.parent.mkdir(parents=True)
     python.write_text("")
-    (python.parent.parent / "pibloom-bench-packages").write_text("\n".join(openvino.PACKAGES) + "\n")
-    assert openvino.ensure_venv(tmp_path, lambda _: (_ for _ in ()).throw(AssertionError("installed"))) == python
+    (python.parent.parent / "pibloom-bench-packages").write_text("\n".join(openvino_setup.PACKAGES) + "\n")
+    assert openvino_setup.ensure_venv(tmp_path, lambda _: (_ for _ in ()).throw(AssertionError("installed"))) == python
 
 
 # A stand-in for openvino_genai: each request yields one token per step until it has `max_new_tokens`.

@@ -31,7 +31,8 @@ PACKAGES = (
 # brings, breaks transformers' imports with torch 2.13, and the export does not need it.
 TORCH_SPEC = "torch==2.13.0"
 REMOVE = ("torchvision",)
-WEIGHTS = ("--weight-format", "int4", "--group-size", "32")
+# A local folder's task cannot be inferred: it is named (with the KV cache as model inputs, as the pipeline wants).
+EXPORT_OPTIONS = ("--task", "text-generation-with-past", "--weight-format", "int4", "--group-size", "32")
 RUNNER = Path(__file__).with_name("openvino_runner.py")
 EMBEDDED_PREFIX = "SmolLM2-135M-Instruct"
 Echo = Callable[[str], None]
@@ -112,7 +113,7 @@ def ensure_export(cache_dir: Path, python: Path, model: Path, echo: Echo = print
     echo(f"exporting {model.name} to OpenVINO int4 into {out} (once; log: {log})")
     shutil.rmtree(out, ignore_errors=True)
     cli = python.parent / "optimum-cli"
-    _run([str(cli), "export", "openvino", "--model", str(model), *WEIGHTS, str(out)], log, "optimum-cli export")
+    _run([str(cli), "export", "openvino", "--model", str(model), *EXPORT_OPTIONS, str(out)], log, "optimum-cli export")
     return out
 
 
@@ -194,6 +195,7 @@ class RunnerSpec:
     threads: int
     chat_history: list[dict[str, str]] = field(default_factory=list)
     chat_follow_up: list[dict[str, str]] = field(default_factory=list)
+    chat_warm: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> str:
         data = {
@@ -204,12 +206,14 @@ class RunnerSpec:
             "threads": self.threads,
             "chat_history": self.chat_history,
             "chat_follow_up": self.chat_follow_up,
+            "chat_warm": self.chat_warm,
         }
         return json.dumps(data)
 
 
 def runner_command(python: Path, spec_path: Path) -> list[str]:
-    return [str(python), str(RUNNER), str(spec_path)]
+    # -I: the runner's own folder must not be on sys.path, where this package's modules would shadow others.
+    return [str(python), "-I", str(RUNNER), str(spec_path)]
 
 
 def prepare(cache_dir: Path, echo: Echo = print) -> tuple[Path, Path]:
