@@ -59,12 +59,12 @@ def supported_machine(machine: str) -> str | None:
 
 def converted_model(cache_dir: Path) -> Path:
     """The embedded model's Hugging Face folder that `pibloom model fetch` converted from the GGUF."""
-    found = sorted(p for p in (cache_dir / "converted").glob(f"{EMBEDDED_PREFIX}*") if (p / "config.json").is_file())
+    found = [p for p in (cache_dir / "converted").glob(f"{EMBEDDED_PREFIX}*") if (p / "config.json").is_file()]
     if not found:
         raise OpenVinoUnavailable(
             f"no converted embedded model under {cache_dir / 'converted'} (run `pibloom model fetch`)"
         )
-    return found[-1]
+    return max(found, key=lambda p: p.stat().st_mtime)  # the newest conversion, if the GGUF changed
 
 
 def _run(cmd: Sequence[str], log: Path, what: str) -> None:
@@ -112,8 +112,9 @@ def ensure_export(cache_dir: Path, python: Path, model: Path, echo: Echo = print
     log = root(cache_dir) / "export.log"
     echo(f"exporting {model.name} to OpenVINO int4 into {out} (once; log: {log})")
     shutil.rmtree(out, ignore_errors=True)
-    cli = python.parent / "optimum-cli"
-    _run([str(cli), "export", "openvino", "--model", str(model), *EXPORT_OPTIONS, str(out)], log, "optimum-cli export")
+    # Through the module, not the `optimum-cli` script, whose shebang breaks when the cache is moved.
+    cli = [str(python), "-m", "optimum.commands.optimum_cli"]
+    _run([*cli, "export", "openvino", "--model", str(model), *EXPORT_OPTIONS, str(out)], log, "optimum-cli export")
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,11 @@ def test_the_converted_model_must_exist(tmp_path: Path) -> None:
         converted_model(tmp_path)
     (folder / "config.json").write_text("{}")
     assert converted_model(tmp_path) == folder
+    newer = tmp_path / "converted" / "SmolLM2-135M-Instruct.Q4_1-000"  # sorts first, converted last
+    newer.mkdir()
+    (newer / "config.json").write_text("{}")
+    os.utime(folder, (1, 1))
+    assert converted_model(tmp_path) == newer
 
 
 def request(tmp_path: Path, chat: bool = True) -> OpenVinoRequest:
