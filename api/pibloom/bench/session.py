@@ -6,7 +6,7 @@ import asyncio
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -229,6 +229,7 @@ def run_bench(config: BenchConfig, settings: Settings, echo: Echo = print) -> Be
             "unbatched_timeout_s": config.unbatched_timeout,
             "api": config.api,
             "pibloom_env": inherited_settings(),
+            "chat": asdict(config.chat) if config.chat else None,
         },
         machine=machine(),
         peers=[],
