@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from ..settings import Settings
+from .chat_cases import ChatCaseSpec
 from .load import PATHS
-from .peers import LLAMA, PEERS, PIBLOOM
+from .peers import DEFAULT_PEERS, OPTIONAL_PEERS, PEERS, PIBLOOM
 from .report import render_text, write
 from .session import BenchConfig, run_bench
 from .structured import render as render_structured
@@ -18,6 +19,7 @@ from .structured import write as write_structured
 
 QUICK_LEVELS = "1,4"
 QUICK_MAX_TOKENS = 32
+QUICK_CHAT_STREAMS = 4
 
 
 def parse_levels(text: str) -> list[int]:
@@ -45,7 +47,10 @@ def parse_peers(text: str) -> list[str]:
 @click.option(
     "--max-tokens", type=click.IntRange(1, 4096), default=None, help="New tokens per request.  [default: 128]"
 )
-@click.option("--peers", default=",".join(PEERS), show_default=True, help="Which servers to measure.")
+@click.option(
+    "--peers", default=",".join(DEFAULT_PEERS), show_default=True,
+    help=f"Which peers to measure, of {', '.join(PEERS)}.",
+)  # fmt: skip
 @click.option(
     "--requests-per-level",
     type=click.IntRange(1),
@@ -70,6 +75,17 @@ def parse_peers(text: str) -> list[str]:
     is_flag=True,
     help="Instead: structured output's cost, piBLOOM alone at 16 streams with none, one and all rows constrained.",
 )
+@click.option(
+    "--chat/--no-chat",
+    "chat_cases",
+    default=True,
+    show_default=True,
+    help="Run the chat-shaped cases (long conversations, next turn) for the peers that serve chat.",
+)
+@click.option(
+    "--chat-streams", type=click.IntRange(2), default=None,
+    help="Short streams in the chat cases.  [default: 16; 4 with --quick]",
+)  # fmt: skip
 def bench_command(
     concurrency: str | None,
     max_tokens: int | None,
@@ -82,11 +98,15 @@ def bench_command(
     build_llama: bool | None,
     api: str,
     structured: bool,
+    chat_cases: bool,
+    chat_streams: int | None,
 ) -> None:
-    """Compare piBLOOM, piBLOOM without batching and llama.cpp's llama-server on the embedded model.
+    """Compare piBLOOM (at its serving defaults), piBLOOM without batching, llama.cpp's llama-server
+    and OpenVINO GenAI (x86 only, in-process) on the embedded model.
 
     Every peer gets the same prompts, greedy, streaming; the table shows aggregate output tokens/s,
-    time to first token, inter-token latency, resident memory and piBLOOM's ratio to each peer.
+    time to first token, inter-token latency, resident memory and piBLOOM's ratio to each peer; the
+    chat cases show prefix reuse and long conversations; the targets of issue 16 end the report.
     """
     if structured:
         streams = parse_levels(concurrency or "16")[-1]
@@ -109,6 +129,11 @@ def bench_command(
         api="completions" if api == "completions" else "chat",
         build_llama=(not quick) if build_llama is None else build_llama,
     )
+    if not chat_cases:
+        config.chat = None
+    else:
+        streams = chat_streams or (QUICK_CHAT_STREAMS if quick else 16)
+        config.chat = ChatCaseSpec(streams=streams, max_tokens=config.max_tokens)
     if requests_per_level is not None:
         config.requests = dict.fromkeys(levels, requests_per_level)
     elif quick:
@@ -122,6 +147,6 @@ def bench_command(
     click.echo(render_text(report))
     paths = write(report, out_dir)
     click.echo(f"\nwrote {paths['json']}, {paths['table']} and {paths['plot']}")
-    failed = [p for p in report.peers if p.name != LLAMA and not p.available]
+    failed = [p for p in report.peers if p.name not in OPTIONAL_PEERS and not p.available]
     if failed or any(s.errors for s in report.levels if s.peer == PIBLOOM):
         sys.exit(1)

@@ -1,12 +1,20 @@
 """Find llama.cpp's `llama-server`, or build it once into the cache from the `llama-cpp-python` sdist.
 
 The sdist vendors the llama.cpp sources, and PyPI is reachable where GitHub may not be, so it is the
-one source the bench can count on. The build is cached in `$PIBLOOM_CACHE_DIR/llama.cpp/bin`.
+one source the bench can count on. The version is pinned and its sha256 checked, so every run measures
+the same llama.cpp. The build is cached in `$PIBLOOM_CACHE_DIR/llama.cpp/bin`, with a stamp naming the
+version and flags it was built with; a different stamp means a rebuild.
+
+On x86 the build is not `-march=native`: on an AMX-capable Xeon the native build turns ggml's AMX
+matmul on, which crashed with SIGSEGV in `ggml_backend_amx_mul_mat` here (llama-cpp-python 0.3.36).
+The instruction sets the CPU has are switched on one by one instead, with AMX off.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -16,6 +24,23 @@ from pathlib import Path
 
 BINARY = "llama-server"
 SDIST = "llama-cpp-python"
+SDIST_VERSION = "0.3.36"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+STAMP = "BUILD"
+# /proc/cpuinfo flag -> ggml CMake option, for the x86 instruction sets ggml can use.
+X86_OPTIONS = {
+    "avx": "GGML_AVX",
+    "avx2": "GGML_AVX2",
+    "fma": "GGML_FMA",
+    "f16c": "GGML_F16C",
+    "bmi2": "GGML_BMI2",
+    "avx_vnni": "GGML_AVX_VNNI",
+    "avx512f": "GGML_AVX512",
+    "avx512vbmi": "GGML_AVX512_VBMI",
+    "avx512_vnni": "GGML_AVX512_VNNI",
+    "avx512_bf16": "GGML_AVX512_BF16",
+}
+AMX_OFF = ("-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF")
 
 
 class LlamaBuildError(RuntimeError):
@@ -30,13 +55,47 @@ def cached_binary(cache_dir: Path) -> Path:
     return cache_root(cache_dir) / "bin" / BINARY
 
 
-def find_llama_server(cache_dir: Path) -> Path | None:
-    """`llama-server` on PATH first (a user's own build), else the cached build, else None."""
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The instruction-set flags of the first CPU in a /proc/cpuinfo text."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def ggml_cpu_options(machine: str, flags: set[str]) -> list[str]:
+    """CMake options for ggml's CPU backend: explicit x86 instruction sets with AMX off, native elsewhere."""
+    if machine not in ("x86_64", "AMD64", "i686"):
+        return ["-DGGML_NATIVE=ON"]
+    chosen = [f"-D{option}={'ON' if flag in flags else 'OFF'}" for flag, option in X86_OPTIONS.items()]
+    return ["-DGGML_NATIVE=OFF", *chosen, *AMX_OFF]
+
+
+def host_cpu_options() -> list[str]:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        cpuinfo = ""
+    return ggml_cpu_options(platform.machine(), cpu_flags(cpuinfo))
+
+
+def build_stamp(options: list[str]) -> str:
+    """What a cached build was made from; a build with another stamp is stale."""
+    return f"{SDIST}=={SDIST_VERSION} {' '.join(options)}"
+
+
+def find_llama_server(cache_dir: Path, options: list[str] | None = None) -> Path | None:
+    """`llama-server` on PATH first (a user's own build), else the cached build if current, else None."""
     on_path = shutil.which(BINARY)
     if on_path:
         return Path(on_path)
     cached = cached_binary(cache_dir)
-    return cached if cached.is_file() and os.access(cached, os.X_OK) else None
+    if not (cached.is_file() and os.access(cached, os.X_OK)):
+        return None
+    stamp = cached.parent / STAMP
+    want = build_stamp(host_cpu_options() if options is None else options)
+    current = stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == want
+    return cached if current else None
 
 
 def _run(cmd: list[str], log: Path, cwd: Path | None = None) -> None:
@@ -49,16 +108,27 @@ def _run(cmd: list[str], log: Path, cwd: Path | None = None) -> None:
         raise LlamaBuildError(f"`{cmd[0]} {cmd[1] if len(cmd) > 1 else ''}` failed (log: {log}):\n{tail}")
 
 
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _sdist(root: Path, log: Path) -> Path:
-    found = sorted(root.glob("llama_cpp_python-*.tar.gz"))
-    if found:
-        return found[-1]
-    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(root), SDIST]
-    _run(pip, log)
-    found = sorted(root.glob("llama_cpp_python-*.tar.gz"))
-    if not found:
-        raise LlamaBuildError(f"pip downloaded no {SDIST} sdist into {root}")
-    return found[-1]
+    """The pinned sdist, downloaded once and checked against its sha256."""
+    archive = root / f"llama_cpp_python-{SDIST_VERSION}.tar.gz"
+    if not archive.is_file():
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(root)]
+        _run([*pip, f"{SDIST}=={SDIST_VERSION}"], log)
+        if not archive.is_file():
+            raise LlamaBuildError(f"pip downloaded no {archive.name} into {root}")
+    got = sha256(archive)
+    if got != SDIST_SHA256:
+        archive.unlink()
+        raise LlamaBuildError(f"{archive.name} has sha256 {got}, expected {SDIST_SHA256}: deleted it")
+    return archive
 
 
 def _extract(sdist: Path, dest: Path) -> Path:
@@ -73,12 +143,13 @@ def _extract(sdist: Path, dest: Path) -> Path:
 
 
 def build_llama_server(cache_dir: Path, jobs: int = 2, echo: Callable[[str], None] = print) -> Path:
-    """Build `llama-server` (CPU, native flags, static) into the cache and return its path."""
+    """Build `llama-server` (CPU, static, the host's instruction sets without AMX) into the cache."""
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
             raise LlamaBuildError(f"cannot build {BINARY}: `{tool}` is not installed (apt-get install cmake g++)")
     root = cache_root(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
+    options = host_cpu_options()
     log = root / "build.log"
     echo(f"building {BINARY} from the {SDIST} sdist into {root} (a few minutes; log: {log})")
     sdist = _sdist(root, log)
@@ -86,8 +157,8 @@ def build_llama_server(cache_dir: Path, jobs: int = 2, echo: Callable[[str], Non
     build = root / "build"
     configure = [
         "cmake", "-S", str(sources), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-        "-DLLAMA_BUILD_SERVER=ON", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
-        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_SERVER=ON", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", *options,
     ]  # fmt: skip
     _run(configure, log)
     _run(["cmake", "--build", str(build), "--target", BINARY, "-j", str(jobs)], log)
@@ -97,6 +168,7 @@ def build_llama_server(cache_dir: Path, jobs: int = 2, echo: Callable[[str], Non
     target = cached_binary(cache_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(built, target)
+    (target.parent / STAMP).write_text(build_stamp(options) + "\n", encoding="utf-8")
     # The sdist, sources and objects are large and no longer needed once the binary is cached.
     shutil.rmtree(build, ignore_errors=True)
     shutil.rmtree(root / "src", ignore_errors=True)

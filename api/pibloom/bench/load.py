@@ -74,8 +74,15 @@ def _error_message(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {detail}".strip()
 
 
-async def stream_one(client: httpx.AsyncClient, result: RequestResult, body: dict[str, Any], path: str) -> None:
-    """Stream one request, filling `result` in as chunks arrive (so a cancelled request keeps its figures)."""
+async def stream_one(
+    client: httpx.AsyncClient,
+    result: RequestResult,
+    body: dict[str, Any],
+    path: str,
+    first_token: asyncio.Event | None = None,
+) -> None:
+    """Stream one request, filling `result` in as chunks arrive (so a cancelled request keeps its figures);
+    `first_token` is set when the first token arrives."""
     chunks = 0
     usage_tokens: int | None = None
     try:
@@ -91,10 +98,13 @@ async def stream_one(client: httpx.AsyncClient, result: RequestResult, body: dic
                 if "error" in chunk:
                     result.error = f"stream error: {chunk['error'].get('message', chunk['error'])}"
                     return
-                if chunk_text(chunk):
+                if text := chunk_text(chunk):
+                    result.text += text
                     now = time.monotonic()
                     if result.first_token is None:
                         result.first_token = now
+                        if first_token is not None:
+                            first_token.set()
                     result.last_token = now
                     chunks += 1
                     result.tokens = chunks

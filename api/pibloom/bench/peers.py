@@ -1,7 +1,9 @@
 """The peers under test: each one a server process on a free loopback port, started, awaited and stopped.
 
-piBLOOM peers run `pibloom serve` from this same environment (one server for every level);
-`llama-server` is restarted per level, because its slot count (`-np`) must equal the concurrency.
+piBLOOM peers run `pibloom serve` from this same environment (one server for every level), at its
+serving defaults (`pibloom-spin` adds PIBLOOM_OMP_SPIN=true, as on a dedicated host); `llama-server` is
+restarted per level, because its slot count (`-np`) must equal the concurrency. The OpenVINO GenAI
+peer is no server: see openvino_peer.py.
 Each server runs in its own process group so that stopping it also stops its workers.
 """
 
@@ -25,14 +27,30 @@ import psutil
 # The bench sends no API key and, from one address, more requests than a per-client limit allows: the
 # user's own keys and rate limit must not reach the peers.
 UNSET_FOR_PIBLOOM = ("PIBLOOM_API_KEYS", "PIBLOOM_API_KEYS_FILE", "PIBLOOM_RATE_LIMIT", "PIBLOOM_RATE_LIMIT_BURST")
+# The Makefile exports a passive OpenMP wait policy for its test stack; `pibloom serve` run by a user
+# has none, so the peers measured "at serving defaults" must not inherit it either.
+UNSET_OPENMP = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
 # llama-server is built with OpenMP; a passive wait policy meant for piBLOOM's test stack (the Makefile
 # exports one) cut it from ~99 to ~40 tok/s for a single stream here. The peer runs with its defaults.
-UNSET_FOR_LLAMA = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
+UNSET_FOR_LLAMA = UNSET_OPENMP
 PIBLOOM = "pibloom"
+PIBLOOM_SPIN = "pibloom-spin"
 UNBATCHED = "unbatched"
 LLAMA = "llama-server"
-PEERS = (PIBLOOM, UNBATCHED, LLAMA)
-LABELS = {PIBLOOM: "piBLOOM", UNBATCHED: "piBLOOM unbatched", LLAMA: "llama.cpp llama-server"}
+OPENVINO = "openvino"
+PEERS = (PIBLOOM, PIBLOOM_SPIN, UNBATCHED, LLAMA, OPENVINO)
+# What `make bench` measures; the spinning piBLOOM is an extra, asked for with --peers.
+DEFAULT_PEERS = (PIBLOOM, UNBATCHED, LLAMA, OPENVINO)
+PIBLOOM_PEERS = (PIBLOOM, PIBLOOM_SPIN, UNBATCHED)
+# Peers that may be absent without failing the run (built or installed on demand, or not on this CPU).
+OPTIONAL_PEERS = (LLAMA, OPENVINO)
+LABELS = {
+    PIBLOOM: "piBLOOM",
+    PIBLOOM_SPIN: "piBLOOM spinning",
+    UNBATCHED: "piBLOOM unbatched",
+    LLAMA: "llama.cpp llama-server",
+    OPENVINO: "OpenVINO GenAI int4 (in-process)",
+}
 
 
 class ServerStartError(RuntimeError):
@@ -63,7 +81,7 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def pibloom_launch(port: int, batching: bool) -> Launch:
+def pibloom_launch(port: int, batching: bool, spin: bool = False) -> Launch:
     """`pibloom serve` from this environment; other PIBLOOM_* variables pass through, to try settings."""
     env = {
         "PIBLOOM_HOST": "127.0.0.1",
@@ -71,11 +89,12 @@ def pibloom_launch(port: int, batching: bool) -> Launch:
         "PIBLOOM_MODEL": "default",
         "PIBLOOM_BATCHING": "true" if batching else "false",
         "PIBLOOM_LOG_LEVEL": "warning",
-        # llama-server's OpenMP threads spin between operations by default; so do piBLOOM's here, as
-        # on a dedicated host (its serving default is passive: see PIBLOOM_OMP_SPIN).
-        "PIBLOOM_OMP_SPIN": "true",
     }
-    return Launch([sys.executable, "-m", "pibloom.cli", "serve"], env, "/health/ready", UNSET_FOR_PIBLOOM)
+    if spin:
+        # llama-server's OpenMP threads spin between operations by default; this peer's do too.
+        env["PIBLOOM_OMP_SPIN"] = "true"
+    unset = UNSET_FOR_PIBLOOM + UNSET_OPENMP
+    return Launch([sys.executable, "-m", "pibloom.cli", "serve"], env, "/health/ready", unset)
 
 
 def llama_supports(binary: Path, flag: str) -> bool:
@@ -88,14 +107,23 @@ def llama_supports(binary: Path, flag: str) -> bool:
 
 
 def llama_launch(
-    binary: Path, gguf: Path, port: int, concurrency: int, max_tokens: int, unified_kv: bool = False
+    binary: Path,
+    gguf: Path,
+    port: int,
+    concurrency: int,
+    max_tokens: int,
+    unified_kv: bool = False,
+    long_context: int = 0,
 ) -> Launch:
-    # Each slot needs room for prompt + completion; the context is split over (or shared by) the slots.
+    """`-np concurrency` slots, each with room for prompt + completion; `long_context` tokens more
+    for one long conversation (the chat cases)."""
     per_slot = max(512, max_tokens + 384)
+    # Without a unified cache the context is split evenly over the slots: every slot must fit the long one.
+    context = per_slot * concurrency + long_context if unified_kv else max(per_slot, long_context) * concurrency
     threads = str(cpu_count())
     argv = [
         str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-        "-t", threads, "-tb", threads, "-np", str(concurrency), "-c", str(per_slot * concurrency),
+        "-t", threads, "-tb", threads, "-np", str(concurrency), "-c", str(context),
     ]  # fmt: skip
     if unified_kv:
         # One KV buffer shared by all slots: on CPU, per-slot buffers made 16 streams ~6x slower

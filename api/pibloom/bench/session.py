@@ -6,18 +6,22 @@ import asyncio
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import psutil
 
 from ..settings import Settings
+from .chat_cases import ChatCaseSpec, ChatFigures, run_chat_cases
 from .llamacpp import LlamaBuildError, ensure_llama_server
 from .load import Api, LoadSpec, model_id, run_level, warm_up
+from .openvino_peer import OpenVinoRequest, run_openvino_peer
 from .peers import (
     LABELS,
     LLAMA,
+    OPENVINO,
     PIBLOOM,
+    PIBLOOM_SPIN,
     UNBATCHED,
     UNSET_FOR_PIBLOOM,
     Launch,
@@ -32,7 +36,7 @@ from .peers import (
     running,
 )
 from .prompts import WARM_PROMPTS
-from .report import BenchReport, PeerInfo, compute_ratios, compute_targets
+from .report import BenchReport, PeerInfo, compute_ratios, compute_targets, peak_rss
 from .stats import LevelStats, summarize
 
 Echo = Callable[[str], None]
@@ -58,6 +62,9 @@ class BenchConfig:
     build_llama: bool = True
     api: Api = "chat"
     ready_timeout: float = 600.0
+    chat: ChatCaseSpec | None = field(default_factory=ChatCaseSpec)  # None: no chat-shaped cases
+    # Seconds the OpenVINO runner may take for all its levels (it has no per-level cut).
+    openvino_timeout: float = 1800.0
 
     def requests_at(self, concurrency: int) -> int:
         return self.requests.get(concurrency, default_requests(concurrency))
@@ -65,7 +72,7 @@ class BenchConfig:
 
 def inherited_settings() -> dict[str, str]:
     """The PIBLOOM_* variables the piBLOOM peers inherit (the ones the bench sets itself left out)."""
-    own = set(pibloom_launch(0, True).env) | set(UNSET_FOR_PIBLOOM)
+    own = set(pibloom_launch(0, True, spin=True).env) | set(UNSET_FOR_PIBLOOM)
     return {k: v for k, v in sorted(os.environ.items()) if k.startswith("PIBLOOM_") and k not in own}
 
 
@@ -113,9 +120,38 @@ def _start(server: RunningServer, config: BenchConfig) -> tuple[str, str | None]
     return model, warm.error
 
 
+def _chat(server: RunningServer, peer: str, config: BenchConfig, echo: Echo) -> ChatFigures:
+    """The chat-shaped cases on a server started for them alone (case 1 wants a fresh one)."""
+    assert config.chat is not None
+    model = asyncio.run(model_id(server.base_url))
+    echo(f"  {LABELS[peer]}: chat-shaped cases ({config.chat.streams} short streams, long conversations)")
+    with RssSampler(server.pid) as rss:
+        figures = asyncio.run(run_chat_cases(server.base_url, model, peer, config.chat))
+    figures.peak_rss_bytes = rss.peak
+    shown = {
+        "next turn / cold TTFT": figures.next_turn_ratio,
+        "during / fresh": figures.during_ratio,
+        "after / fresh": figures.after_ratio,
+    }
+    echo("  " + ", ".join(f"{k} {'-' if v is None else f'{v:.2f}x'}" for k, v in shown.items()))
+    for error in figures.errors:
+        echo(f"  chat case error: {error}")
+    return figures
+
+
+def _pibloom_chat(config: BenchConfig, echo: Echo) -> ChatFigures:
+    port = free_port()
+    log = config.out_dir / "logs" / f"{PIBLOOM}-chat.log"
+    try:
+        with running(pibloom_launch(port, batching=True), port, log, config.ready_timeout) as server:
+            return _chat(server, PIBLOOM, config, echo)
+    except ServerStartError as exc:
+        return ChatFigures(PIBLOOM, errors=[str(exc)])
+
+
 def _pibloom_peer(peer: str, config: BenchConfig, echo: Echo) -> tuple[PeerInfo, list[LevelStats]]:
     port = free_port()
-    launch = pibloom_launch(port, batching=peer == PIBLOOM)
+    launch = pibloom_launch(port, batching=peer != UNBATCHED, spin=peer == PIBLOOM_SPIN)
     deadline = config.unbatched_timeout if peer == UNBATCHED else config.level_timeout
     echo(f"starting {LABELS[peer]} (log: {config.out_dir / 'logs' / f'{peer}.log'})")
     levels = []
@@ -163,6 +199,24 @@ def _llama_peer(
     return info, levels
 
 
+def _llama_chat(binary: Path, config: BenchConfig, settings: Settings, echo: Echo) -> ChatFigures:
+    from ..engine.loader import fetch_embedded  # imports torch: only when this peer runs
+
+    assert config.chat is not None
+    port = free_port()
+    unified = llama_supports(binary, "--kv-unified")
+    # Room for the longest conversation and its answer besides the short streams' slots.
+    long_context = 4096 + config.chat.long_max_tokens
+    launch = llama_launch(
+        binary, fetch_embedded(settings), port, config.chat.streams, config.chat.max_tokens, unified, long_context
+    )
+    try:
+        with running(launch, port, config.out_dir / "logs" / f"{LLAMA}-chat.log", config.ready_timeout) as server:
+            return _chat(server, LLAMA, config, echo)
+    except ServerStartError as exc:
+        return ChatFigures(LLAMA, errors=[str(exc)])
+
+
 def run_bench(config: BenchConfig, settings: Settings, echo: Echo = print) -> BenchReport:
     """Run every configured peer at every level and compute the ratios and targets."""
     report = BenchReport(
@@ -175,6 +229,7 @@ def run_bench(config: BenchConfig, settings: Settings, echo: Echo = print) -> Be
             "unbatched_timeout_s": config.unbatched_timeout,
             "api": config.api,
             "pibloom_env": inherited_settings(),
+            "chat": asdict(config.chat) if config.chat else None,
         },
         machine=machine(),
         peers=[],
@@ -193,12 +248,33 @@ def run_bench(config: BenchConfig, settings: Settings, echo: Echo = print) -> Be
     for peer in config.peers:
         if peer == LLAMA:
             info, levels = _llama_peer(llama, config, settings, echo)
+            if info.available and config.chat and isinstance(llama, Path):
+                report.chat.append(_llama_chat(llama, config, settings, echo))
+        elif peer == OPENVINO:
+            info, levels, chat = run_openvino_peer(settings.cache_dir, openvino_request(config), echo)
+            if chat is not None:
+                report.chat.append(chat)
         else:
             info, levels = _pibloom_peer(peer, config, echo)
+            if peer == PIBLOOM and info.available and config.chat:
+                report.chat.append(_pibloom_chat(config, echo))
         if not info.available:
-            echo(f"{LABELS[peer]} NOT MEASURED: {info.note}")
+            echo(f"{LABELS[peer]} {'' if peer == OPENVINO else 'NOT MEASURED: '}{info.note}")
         report.peers.append(info)
         report.levels.extend(levels)
+    for info in report.peers:
+        info.peak_rss_bytes = peak_rss(report, info.name)
     report.ratios = compute_ratios(report.levels)
     report.targets = compute_targets(report)
     return report
+
+
+def openvino_request(config: BenchConfig) -> OpenVinoRequest:
+    return OpenVinoRequest(
+        concurrency=config.concurrency,
+        requests={c: config.requests_at(c) for c in config.concurrency},
+        max_tokens=config.max_tokens,
+        chat=config.chat is not None,
+        timeout_s=config.openvino_timeout,
+        work_dir=config.out_dir,
+    )

@@ -19,6 +19,7 @@ class RequestResult:
     error: str | None = None
     # Cancelled at the level's deadline: its figures are lower bounds.
     cut: bool = False
+    text: str = ""  # what was streamed (a chat case sends it back as the next turn's history)
 
     @property
     def ok(self) -> bool:

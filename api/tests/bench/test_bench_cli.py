@@ -21,8 +21,9 @@ def test_parse_levels() -> None:
 
 
 def test_parse_peers_keeps_the_canonical_order() -> None:
-    assert parse_peers("llama-server, PIBLOOM") == ["pibloom", "llama-server"]
-    with pytest.raises(click.BadParameter, match=r"unknown peer.*piboom.*choose from pibloom, unbatched"):
+    assert parse_peers("openvino,llama-server, PIBLOOM") == ["pibloom", "llama-server", "openvino"]
+    assert parse_peers("pibloom-spin,pibloom") == ["pibloom", "pibloom-spin"]
+    with pytest.raises(click.BadParameter, match=r"unknown peer.*piboom.*choose from pibloom, pibloom-spin, unbatched"):
         parse_peers("piboom")
     with pytest.raises(click.BadParameter):
         parse_peers(" , ")
@@ -58,3 +59,13 @@ def test_an_absent_llama_server_is_reported_not_fatal(tmp_path: Path, monkeypatc
     assert data["levels"] == []
     assert data["config"]["concurrency"] == [1]
     assert (out / "bench.png").is_file() and (out / "bench.md").is_file()
+
+
+def test_an_openvino_peer_that_cannot_run_is_skipped_with_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIBLOOM_CACHE_DIR", str(tmp_path / "cache"))  # no converted model there
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["bench", "--peers", "openvino", "--concurrency", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "OpenVINO GenAI int4 (in-process): skipped: " in result.output
+    assert "c=16 tok/s vs OpenVINO GenAI (x): - (want >= 0.8) not measured" in result.output
+    assert json.loads((out / "bench.json").read_text())["peers"][0]["available"] is False

@@ -110,6 +110,23 @@ def test_launch_commands(tmp_path: Path) -> None:
     assert "--kv-unified" in llama_launch(tmp_path, tmp_path, 1, 1, 1, unified_kv=True).argv
 
 
+def test_pibloom_runs_at_its_serving_defaults_unless_spinning_is_asked_for() -> None:
+    default = pibloom_launch(8123, batching=True)
+    assert "PIBLOOM_OMP_SPIN" not in default.env
+    # the Makefile's passive policy for its tests must not reach the "defaults" peer either
+    assert {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS"} <= set(default.unset)
+    assert pibloom_launch(8123, batching=True, spin=True).env["PIBLOOM_OMP_SPIN"] == "true"
+
+
+def test_llama_server_for_the_chat_cases_has_room_for_the_long_conversation(tmp_path: Path) -> None:
+    def context(unified: bool) -> int:
+        argv = llama_launch(tmp_path, tmp_path, 1, 16, 128, unified_kv=unified, long_context=4400).argv
+        return int(argv[argv.index("-c") + 1])
+
+    assert context(True) == 16 * 512 + 4400  # one shared buffer: the slots' room plus the long one
+    assert context(False) == 16 * 4400  # split evenly: every slot must fit the long one
+
+
 def test_llama_supports_reads_the_help(tmp_path: Path) -> None:
     fake = tmp_path / "llama-server"
     fake.write_text("#!/bin/sh\necho '-kvu, --kv-unified  one KV buffer'\n")
