@@ -279,9 +279,9 @@ wait_for "$base/health/ready" 200 300 || fail "the stack with 2 api replicas did
 api=$(container api 1)
 api2=$(container api 2)
 [ -n "$api2" ] || fail "no second api container after --scale api=2"
-replica_count() { # chat completions answered 200 by replica $1
+replica_count() { # chat completions answered 200 by replica $1 (its metrics port, PIBLOOM_METRICS_PORT)
     "$engine" exec "$1" python -c 'import urllib.request as r
-text = r.urlopen("http://127.0.0.1:8000/metrics", timeout=5).read().decode()
+text = r.urlopen("http://127.0.0.1:8001/metrics", timeout=5).read().decode()
 print(int(sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
     if l.startswith("pibloom_request_duration_seconds_count{") and "/v1/chat/completions" in l and "\"200\"" in l)))'
 }
