@@ -160,6 +160,14 @@ say "api image: $(in_api_image du -sh /opt/venv /models | tr '\t\n' ': ')"
 export PIBLOOM_PROXY_PUBLISH=$PORT
 base=http://127.0.0.1:$PORT
 "${compose[@]}" down -v >/dev/null 2>&1 || true
+if [ "$engine" = podman ] && command -v iptables-save >/dev/null 2>&1; then
+    # A stack killed with its machine (not stopped) leaves netavark's DNAT rules for the port behind,
+    # and they win over the new ones: the published port then answers "no route to host".
+    podman network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true
+    iptables-save -t nat | grep -E "^-A NETAVARK.* --dport $PORT( |$)" | while read -r _ rule; do
+        eval "iptables -t nat -D $rule" || true
+    done
+fi
 step "compose up (proxy on $base)"
 "${compose[@]}" up -d --no-build >"$CACHE/compose-up.log" 2>&1 || {
     tail -30 "$CACHE/compose-up.log" >&2
