@@ -10,7 +10,7 @@ import click
 from ..settings import Settings
 from .chat_cases import ChatCaseSpec
 from .load import PATHS
-from .peers import DEFAULT_PEERS, OPTIONAL_PEERS, PEERS, PIBLOOM
+from .peers import DEFAULT_PEERS, OPTIONAL_PEERS, PEERS, PIBLOOM, stop_servers_on_sigterm
 from .report import render_text, write
 from .session import BenchConfig, run_bench
 from .structured import render as render_structured
@@ -108,6 +108,7 @@ def bench_command(
     time to first token, inter-token latency, resident memory and piBLOOM's ratio to each peer; the
     chat cases show prefix reuse and long conversations; the targets of issue 16 end the report.
     """
+    stop_servers_on_sigterm()
     if structured:
         streams = parse_levels(concurrency or "16")[-1]
         cases = run_structured(

@@ -227,6 +227,17 @@ def stop(process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
         process.wait(10)
 
 
+def stop_servers_on_sigterm() -> None:
+    """Servers run in sessions of their own (a terminal's Ctrl-C must not reach them half-way), so a
+    SIGTERM to the bench (`timeout`, the end of a CI job) would leave them serving. As SystemExit it
+    unwinds through `running`, which stops them."""
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 @contextlib.contextmanager
 def running(launch: Launch, port: int, log_path: Path, ready_timeout: float = 600.0) -> Iterator[RunningServer]:
     """Start `launch`, wait for readiness, yield it, and always stop it."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -52,6 +54,34 @@ def test_running_waits_for_ready_and_stops_the_tree(tmp_path: Path, monkeypatch:
     assert server.process.returncode is not None
     child.wait(10)  # the child went with its group: waiting would time out otherwise
     assert not child.is_running()
+
+
+# A bench that SIGTERM reaches while a peer runs: it prints the peer's pid, then waits.
+TERMINATED_BENCH = """
+import sys, time
+from pathlib import Path
+from pibloom.bench.peers import Launch, running, stop_servers_on_sigterm
+stop_servers_on_sigterm()
+port, log, server = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+with running(Launch([sys.executable, "-c", server, str(port)], {}, "/"), port, log, ready_timeout=20) as peer:
+    print(peer.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_sigterm_to_the_bench_stops_its_servers(tmp_path: Path) -> None:
+    bench = subprocess.Popen(
+        [sys.executable, "-c", TERMINATED_BENCH, str(free_port()), str(tmp_path / "peer.log"), TREE_SERVER],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert bench.stdout is not None
+    peer = psutil.Process(int(bench.stdout.readline()))
+    tree = [peer, *peer.children(recursive=True)]
+    bench.terminate()
+    assert bench.wait(40) == 128 + signal.SIGTERM
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, f"left running after the bench was terminated: {alive}"
 
 
 def test_a_peer_that_exits_fails_fast_with_its_log(tmp_path: Path) -> None:
