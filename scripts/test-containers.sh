@@ -164,9 +164,11 @@ if [ "$engine" = podman ] && command -v iptables-save >/dev/null 2>&1; then
     # A stack killed with its machine (not stopped) leaves netavark's DNAT rules for the port behind,
     # and they win over the new ones: the published port then answers "no route to host".
     podman network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true
-    iptables-save -t nat | grep -E "^-A NETAVARK.* --dport $PORT( |$)" | while read -r _ rule; do
-        eval "iptables -t nat -D $rule" || true
-    done
+    # grep finds nothing on a clean machine: that is not a failure under pipefail.
+    stale=$(iptables-save -t nat | grep -E "^-A NETAVARK.* --dport $PORT( |$)" || true)
+    while read -r _ rule; do
+        if [ -n "$rule" ]; then eval "iptables -t nat -D $rule" || true; fi
+    done <<<"$stale"
 fi
 step "compose up (proxy on $base)"
 "${compose[@]}" up -d --no-build >"$CACHE/compose-up.log" 2>&1 || {
