@@ -23,6 +23,32 @@ MIN_COLUMNS = 64
 ROW_STEP = 2
 
 
+def allocation_bound(rows: int, columns: int, max_rows: int) -> int:
+    """The most token slots (rows x columns) a lane's buffers can take while it holds `rows` rows and
+    reaches `columns` columns, under `SlotLayer.reserve`'s growth (rows to a multiple of two, columns
+    by a quarter or 64) and `fit`'s tolerance (a quarter over the length plus 64): what admission
+    counts, so the buffers stay within the KV budget."""
+    if not rows:
+        return 0
+    return _rows_for(rows, 0, max_rows) * ((columns + MIN_COLUMNS) * 5 // 4)
+
+
+def longest_row(slots: int) -> int:
+    """The most columns one row alone may reach within `slots` token slots (`allocation_bound`)."""
+    columns = max(0, slots * 4 // 5 - MIN_COLUMNS)
+    while columns and allocation_bound(1, columns, 1) > slots:
+        columns -= 1
+    return columns
+
+
+def _rows_for(rows: int, capacity: int, max_rows: int) -> int:
+    """Rows to allocate for `rows`: exactly one for a lane's first row (a lone chat holds no spare
+    row), else up to a multiple of two, so rows joining one by one reallocate every other time."""
+    if rows <= 1 and not capacity:
+        return rows
+    return min(max_rows, -(-rows // ROW_STEP) * ROW_STEP)
+
+
 class _State:
     """Shared by every layer of a lane: how many rows and columns are live."""
 
@@ -55,8 +81,8 @@ class SlotLayer(DynamicLayer):
 
     def reserve(self, columns: int, rows: int = 0) -> None:
         """Grow to hold `columns` and `rows`: columns by a quarter (at least 64), so that a row growing by
-        one column a step reallocates rarely, rows by two; memory stays close to what is held, which
-        is what the engine's KV budget counts."""
+        one column a step reallocates rarely, rows by two (`_rows_for`); memory stays close to what is
+        held, and within `allocation_bound`, which the engine's KV budget counts."""
         if columns <= self.capacity and rows <= self.row_capacity:
             return
         new_columns = self.capacity
@@ -64,7 +90,7 @@ class SlotLayer(DynamicLayer):
             new_columns = max(columns, self.capacity + max(self.capacity // 4, MIN_COLUMNS))
         new_rows = self.row_capacity
         if rows > self.row_capacity:
-            new_rows = min(self.max_rows, -(-rows // ROW_STEP) * ROW_STEP)
+            new_rows = _rows_for(rows, self.row_capacity, self.max_rows)
         self._allocate(new_rows, new_columns)
 
     def fit(self) -> None:
@@ -76,7 +102,7 @@ class SlotLayer(DynamicLayer):
             self.keys = self.values = None
             self.capacity = self.row_capacity = 0
             return
-        want_rows = max(ROW_STEP, -(-self.state.rows // ROW_STEP) * ROW_STEP)
+        want_rows = _rows_for(self.state.rows, 0, self.max_rows)
         want_columns = max(MIN_COLUMNS, self.state.length + MIN_COLUMNS)
         if self.row_capacity > want_rows or self.capacity > want_columns * 5 // 4:
             self._allocate(min(self.row_capacity, want_rows), min(self.capacity, want_columns))

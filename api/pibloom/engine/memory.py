@@ -17,9 +17,6 @@ DEFAULT_BUDGET = 1 << 30
 # use (the rest: prefill activations, the prefix cache's own budget, allocator slack).
 LIMIT_SHARE = 0.6
 MIN_BUDGET = 32 << 20
-# Slot buffers grow in steps (a quarter of their columns, two rows), so they take a little more than
-# they hold: admission counts tokens against budget / SLACK.
-SLACK = 1.3
 
 
 def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:

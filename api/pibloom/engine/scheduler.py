@@ -28,10 +28,10 @@ from transformers import DynamicCache
 
 from ..metrics import Metrics
 from .detokenizer import IncrementalDecoder, StopMatcher
-from .kv_cache import LaneGroup, LaneStep, SlotCache
+from .kv_cache import LaneGroup, LaneStep, SlotCache, allocation_bound, longest_row
 from .loader import LoadedModel
 from .logits import RowShaper, accept_rows, needs_shaper, shape_rows
-from .memory import SLACK, kv_bytes_per_token
+from .memory import kv_bytes_per_token
 from .prefix_cache import PrefixCache, PrefixHit
 from .request import Event, FinishReason, Request, SamplingParams, TokenLogprob
 from .sampling import make_generator, sample_batch, token_logprobs
@@ -88,10 +88,15 @@ class _Lane:
 
     def waste(self, size: int) -> int:
         """Padding columns added if a prompt of `size` tokens joined this lane."""
-        if not self.seqs:
-            return 0
-        length = self.cache.length
-        return length - size if size <= length else len(self.seqs) * (size - length)
+        return _waste(len(self.seqs), self.cache.length, size)
+
+
+def _waste(rows: int, length: int, size: int) -> int:
+    """Padding columns added if a prompt of `size` tokens joined a lane of `rows` rows and `length`
+    columns (its own padding, or every row's when it is longer)."""
+    if not rows:
+        return 0
+    return length - size if size <= length else rows * (size - length)
 
 
 class Engine:
@@ -115,11 +120,12 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.metrics = metrics or Metrics()
         self.prefix_cache = PrefixCache(prefix_cache_bytes, metrics=self.metrics)
-        # Admission keeps the tokens the batch may come to hold (prompt + max_tokens of every sequence
-        # admitted) within the budget; what does not fit waits in the queue. None: no budget.
-        per_token = kv_bytes_per_token(self.model.config, loaded.dtype)
+        # Admission keeps what the lanes' buffers may come to hold (`_fits`) within the budget; what
+        # does not fit waits in the queue. None: no budget.
+        per_token = self._per_token = kv_bytes_per_token(self.model.config, loaded.dtype)
         self.kv_budget_bytes = kv_budget_bytes
-        self.kv_budget_tokens = None if kv_budget_bytes is None else int(kv_budget_bytes / per_token / SLACK)
+        # The longest sequence (prompt + max_tokens) the budget can hold alone, as its buffers grow.
+        self.kv_budget_tokens = None if kv_budget_bytes is None else longest_row(kv_budget_bytes // per_token)
         if kv_budget_bytes is not None:
             self.metrics.kv_cache_budget.set(kv_budget_bytes)
         self._cond = threading.Condition()
@@ -197,7 +203,7 @@ class Engine:
             if not self.accepting or not self.alive:
                 raise EngineStoppedError("the server is shutting down")
             need = self._need(request)
-            if self.kv_budget_tokens is not None and need > self.kv_budget_tokens:
+            if self.kv_budget_bytes is not None and not self._fits_alone(request):
                 raise TooLargeError(
                     f"this request may need {need} tokens of KV cache (prompt + max_tokens); this server holds "
                     f"at most {self.kv_budget_tokens} (PIBLOOM_KV_CACHE_MB): lower max_tokens or shorten the prompt"
@@ -304,16 +310,54 @@ class Engine:
         return per_row * request.params.n
 
     def _fits(self, request: Request) -> bool:
-        """Whether the request fits the budget beside every admitted one. Each row is counted with the
-        most padding its joining a lane can add (`_LANE_WASTE` columns: its own, or the lane's when it is
-        longer), so what the lanes hold stays within the budget."""
-        if self.kv_budget_tokens is None:
+        """Whether the request fits the budget beside every admitted one: the lanes' buffers are
+        projected to their largest, each lane holding its rows (and the prefilling requests', placed
+        as `_lane_for` will place them) until its longest-running row may end, allocated as the slot
+        cache grows (`allocation_bound`)."""
+        if self.kv_budget_bytes is None:
             return True
-        held = sum(self._need(s.request) + _LANE_WASTE * s.request.params.n for s in self._prefilling)
-        held += sum(self._need(s.request) // s.request.params.n + _LANE_WASTE for s in self._running)
-        if not held:
+        if not self._prefilling and not self._running:
             return True  # alone it fits (submit refuses what never could)
-        return held + self._need(request) + _LANE_WASTE * request.params.n <= self.kv_budget_tokens
+        return self._projected_slots(request) * self._per_token <= self.kv_budget_bytes
+
+    def _fits_alone(self, request: Request) -> bool:
+        """Whether the request's rows fit the budget with nothing else running (`submit` refuses it
+        otherwise: it could never be served)."""
+        assert self.kv_budget_bytes is not None
+        if request.params.score_only:
+            return len(request.prompt_ids) * self._per_token <= self.kv_budget_bytes
+        per_row = self._need(request) // request.params.n
+        slots = allocation_bound(request.params.n, per_row, self.max_rows)
+        return slots * self._per_token <= self.kv_budget_bytes
+
+    def _remaining(self, request: Request, generated: int) -> int:
+        """Tokens a row may still add: up to max_tokens, within the model's context."""
+        context_left = self.loaded.max_context - len(request.prompt_ids) - generated
+        return max(0, min(request.params.max_tokens - generated, context_left))
+
+    def _projected_slots(self, newcomer: Request) -> int:
+        lanes: list[list[int]] = []  # per lane: rows, length now, length when its last row may end
+        for lane in self._lanes:
+            length = lane.cache.length
+            final = max((length + self._remaining(s.request, len(s.output_ids)) for s in lane.seqs), default=0)
+            lanes.append([len(lane.seqs), length if lane.seqs else 0, final])
+        scored = 0
+        for request in [s.request for s in self._prefilling] + [newcomer]:
+            size, n = len(request.prompt_ids), request.params.n
+            if request.params.score_only:  # its prefill cache only: it never joins a lane
+                scored += size
+                continue
+            end = size + self._remaining(request, 0)
+            busy = [lane for lane in lanes if lane[0]]
+            idle = [lane for lane in lanes if not lane[0]]
+            best = min(busy, key=lambda lane: _waste(lane[0], lane[1], size), default=None)
+            if best is None or (idle and _waste(best[0], best[1], size) > _LANE_WASTE):
+                idle[0][:] = [n, size, end]
+                continue
+            rows, length, final = best
+            grown = max(length, size)
+            best[:] = [rows + n, grown, max(final + grown - length, end + grown - size)]
+        return scored + sum(allocation_bound(rows, final, self.max_rows) for rows, _, final in lanes)
 
     def _rows_held(self) -> int:
         """Batch rows taken or promised: a request with n choices needs n rows once prefilled."""

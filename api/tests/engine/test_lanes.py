@@ -29,7 +29,7 @@ def test_buffers_grow_with_the_rows_and_shrink_when_a_long_row_leaves() -> None:
     cache.reset(600)
     cache.insert(0, prefill_cache(2, 1, 600), 0, 600)
     layer = cache.layers[0]
-    assert layer.row_capacity == 2  # not max_rows: memory follows the rows actually held
+    assert layer.row_capacity == 1  # not max_rows, nor a spare row: memory follows the rows actually held
     assert layer.capacity >= 600
     big = cache.nbytes
     # The long row leaves; a short one is all that is left.
@@ -41,6 +41,10 @@ def test_buffers_grow_with_the_rows_and_shrink_when_a_long_row_leaves() -> None:
     for row in range(1, 9):
         cache.insert(row, prefill_cache(2, 1, 20), 0, 20)
     assert layer.row_capacity == 10  # grown two rows at a time
+    # Back to one row: one row's memory again.
+    cache.set_rows(1)
+    cache.fit()
+    assert layer.row_capacity == 1
     assert torch.equal(cache.buffers(0, 9)[0][0, :, :20], cache.layers[0].keys[0, :, :20])
 
 

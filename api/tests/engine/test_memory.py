@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pibloom.engine.kv_cache import allocation_bound
 from pibloom.engine.loader import LoadedModel
 from pibloom.engine.memory import DEFAULT_BUDGET, container_memory_limit, kv_budget, kv_bytes_per_token
 from pibloom.engine.scheduler import Engine, TooLargeError
@@ -54,7 +55,9 @@ async def test_requests_past_the_budget_wait_and_all_complete(tiny_llama: Loaded
     prompts = [ids(tiny_llama, text) for text in ("Hello", "The quick brown fox", "piBLOOM serves", "Raspberry")]
     need = max(len(p) for p in prompts) + 16
     # Room for one request at a time, not two.
-    engine = Engine(tiny_llama, max_batch_size=8, max_queue=8, kv_budget_bytes=int(need * per_token * 1.5))
+    engine = Engine(
+        tiny_llama, max_batch_size=8, max_queue=8, kv_budget_bytes=int(allocation_bound(1, need, 8) * per_token * 1.5)
+    )
     engine.start()
     running: list[int] = []
 
@@ -73,4 +76,41 @@ async def test_requests_past_the_budget_wait_and_all_complete(tiny_llama: Loaded
             await run(engine, prompts[0], greedy(10 * need))
     finally:
         watcher.cancel()
+        engine.shutdown(10)
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_loaded"])  # four lanes; transformers' one cache
+@pytest.mark.parametrize(
+    ("words", "max_tokens"),
+    [
+        ([10 + 16 * i for i in range(12)], 48),  # short to long: lanes pad and shift right
+        ([200 - 15 * i for i in range(12)], 30),  # long first: the longest row is alone at the start
+    ],
+)
+async def test_the_buffers_never_outgrow_the_budget_at_any_step(
+    model: str, words: list[int], max_tokens: int, request: pytest.FixtureRequest
+) -> None:
+    loaded: LoadedModel = request.getfixturevalue(model)
+    per_token = kv_bytes_per_token(loaded.model.config, loaded.dtype)
+    text = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog"] * 40
+    prompts = [ids(loaded, " ".join(text[:n])) for n in words]
+    budget = 1000 * per_token  # the longest (~530 tokens + reply) fits alone, two or three short ones together
+    engine = Engine(loaded, max_batch_size=8, max_queue=16, kv_budget_bytes=budget)
+    held: list[int] = []
+    rows: list[int] = []
+    iteration = engine._iteration
+
+    def recorded() -> None:  # the buffers' size after every step, not a sample of them
+        iteration()
+        held.append(engine.kv_bytes)
+        rows.append(len(engine._running))
+
+    engine._iteration = recorded  # type: ignore[method-assign]
+    engine.start()
+    try:
+        results = await asyncio.gather(*(run(engine, p, greedy(max_tokens)) for p in prompts))
+        assert all(0 < len(tokens) <= max_tokens for tokens, _, _ in results)
+        assert max(held) <= budget
+        assert max(rows) > 1  # the budget let several run together: it was kept, not side-stepped
+    finally:
         engine.shutdown(10)
