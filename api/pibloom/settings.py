@@ -58,11 +58,20 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="`auto`: bfloat16 where the CPU/GPU supports it, else float32."
     )
-    quantize: Literal["none", "int4"] = Field(
-        "none",
-        description="`int4`: 4-bit weights in groups of 32 (CPU only): a third of the memory traffic, so ~1.5x "
-        "faster for up to ~8 streams, even at 16, slower at 32, and a little less faithful than bfloat16 "
-        "(see the README's performance notes).",
+    quantize: Literal["auto", "none", "int4"] = Field(
+        "auto",
+        description="`auto`: on a CPU serving bfloat16, models from a GGUF whose blocks are 4-bit (Q4_0/Q4_1, "
+        "the embedded model among them) also keep those weights in 4 bits, and decode steps of up to "
+        "`PIBLOOM_INT4_MAX_ROWS` streams use them: a third of the memory traffic. "
+        "`int4`: 4-bit weights for every step and any model (CPU only; slower past a few streams, lossy on "
+        "weights that were not 4-bit). `none`: dense weights only (see the README's performance notes).",
+    )
+    int4_max_rows: int = Field(
+        4,
+        ge=1,
+        description="With `PIBLOOM_QUANTIZE=auto`: the largest forward pass, in tokens (a decode step's "
+        "streams), that runs on the 4-bit weights; larger ones are compute-bound and run dense (measured "
+        "here: 4-bit 2.5x faster at one row, 1.3x at four, slower from six).",
     )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores).")
     omp_spin: bool = Field(

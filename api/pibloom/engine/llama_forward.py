@@ -91,13 +91,32 @@ class _Dense:
 Projection = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _projection(owner: nn.Module, names: list[str], int4: bool) -> Projection:
+class _ByTokens:
+    """4-bit weights for steps of up to `tokens` tokens, the dense ones above. A decode step of a few
+    rows is bound by memory traffic, which 4 bits cut to a third; a larger one is bound by compute,
+    where the dense matmul wins and the int4 kernel's unpacking costs (measured in `quantize`)."""
+
+    __slots__ = ("dense", "small", "tokens")
+
+    def __init__(self, small: Projection, dense: Projection, tokens: int) -> None:
+        self.small, self.dense, self.tokens = small, dense, tokens
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.small(x) if x.numel() <= self.tokens * x.shape[-1] else self.dense(x)
+
+
+def _projection(owner: nn.Module, names: list[str], int4: bool, int4_tokens: int = 0) -> Projection:
     """One matmul for the named linear layers of `owner`: 4-bit when asked and the shapes allow it,
-    else the dense weights fused in place (the model's own layers become views of the fused matrix)."""
+    else the dense weights fused in place (the model's own layers become views of the fused matrix);
+    with `int4_tokens`, both (`_ByTokens`)."""
     modules = [getattr(owner, name) for name in names]
     bias = _fuse_bias(modules)
-    if int4 and all(quantize.quantizable(m) for m in modules):
+    quantizable = all(quantize.quantizable(m) for m in modules)
+    if int4 and quantizable:
         return quantize.fuse_quantized(modules, [(owner, name) for name in names], bias).forward
+    if int4_tokens and quantizable:
+        small = quantize.quantize_fused(modules, bias).forward
+        return _ByTokens(small, _Dense(_fuse(modules), bias), int4_tokens)
     return _Dense(_fuse(modules), bias)
 
 
@@ -116,7 +135,7 @@ class LlamaForward:
 
     name = "lean"
 
-    def __init__(self, model: nn.Module, *, int4: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, int4: bool = False, int4_tokens: int = 0) -> None:
         reason = supports(model)
         if reason is not None:
             raise ValueError(f"the lean forward pass does not cover this model: {reason}")
@@ -136,11 +155,11 @@ class LlamaForward:
             self.layers.append(
                 _Layer(
                     input_norm=layer.input_layernorm.weight,
-                    qkv=_projection(attn, ["q_proj", "k_proj", "v_proj"], int4),
-                    out=_projection(attn, ["o_proj"], int4),
+                    qkv=_projection(attn, ["q_proj", "k_proj", "v_proj"], int4, int4_tokens),
+                    out=_projection(attn, ["o_proj"], int4, int4_tokens),
                     post_norm=layer.post_attention_layernorm.weight,
-                    gate_up=_projection(mlp, ["gate_proj", "up_proj"], int4),
-                    down=_projection(mlp, ["down_proj"], int4),
+                    gate_up=_projection(mlp, ["gate_proj", "up_proj"], int4, int4_tokens),
+                    down=_projection(mlp, ["down_proj"], int4, int4_tokens),
                 )
             )
         self.scale = float(getattr(model.model.layers[0].self_attn, "scaling", self.head_dim**-0.5))

@@ -75,6 +75,7 @@ class LoadedModel:
     pad_token_id: int = 0
     bos_token_id: int | None = None
     int4: bool = False  # linear layers hold 4-bit weights (`quantize`)
+    int4_rows: int = 0  # steps of up to this many tokens run on 4-bit copies of the weights
 
     @property
     def forward_name(self) -> str:
@@ -234,15 +235,31 @@ def load_model(settings: Settings) -> LoadedModel:
         raise ModelLoadError(f"cannot load model {source.location!r}: {exc}{hint}") from exc
     model.to(device)
     model.eval()
-    return finish_loading(model, tokenizer, source.name, settings, int4=wants_int4(settings, device))
+    int4_rows = small_steps_int4(settings, source, device, dtype)
+    return finish_loading(
+        model, tokenizer, source.name, settings, int4=wants_int4(settings, device), int4_rows=int4_rows
+    )
 
 
 def wants_int4(settings: Settings, device: torch.device) -> bool:
-    if settings.quantize == "none":
+    """`PIBLOOM_QUANTIZE=int4`: 4-bit weights for every step."""
+    if settings.quantize != "int4":
         return False
     if not quantize.supported(device):
         raise ModelLoadError(f"PIBLOOM_QUANTIZE=int4 needs the CPU (the model is on {device})")
     return True
+
+
+def small_steps_int4(settings: Settings, source: ModelSource, device: torch.device, dtype: torch.dtype) -> int:
+    """`PIBLOOM_QUANTIZE=auto`: the largest step (in tokens) that runs on 4-bit copies of the weights,
+    0 for none. Only where that is as faithful as the dense path: weights that were 4-bit in their GGUF
+    (re-quantising recovers their levels exactly), served in bfloat16 (itself a rounding of them) on a
+    CPU with the kernel."""
+    if settings.quantize != "auto" or dtype != torch.bfloat16 or not quantize.supported(device):
+        return 0
+    if source.gguf_file is None or not quantize.four_bit_gguf(Path(source.location) / source.gguf_file):
+        return 0
+    return settings.int4_max_rows
 
 
 def _return_freed_memory() -> None:
@@ -253,7 +270,9 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings, *, int4: bool = False) -> LoadedModel:
+def finish_loading(
+    model: Any, tokenizer: Any, name: str, settings: Settings, *, int4: bool = False, int4_rows: int = 0
+) -> LoadedModel:
     extra_stop: tuple[str, ...] = ()
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
@@ -277,8 +296,9 @@ def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings, *,
     forward: Forward
     why_not = llama_forward.supports(model) if settings.lean_forward else "PIBLOOM_LEAN_FORWARD=false"
     if why_not is None:
-        forward = llama_forward.LlamaForward(model, int4=int4)
+        forward = llama_forward.LlamaForward(model, int4=int4, int4_tokens=0 if int4 else int4_rows)
     else:
+        int4_rows = 0  # the 4-bit copies for small steps live in the lean pass's projections
         forward = TransformersForward(model)
         log.info("using transformers' forward pass: the lean pass does not cover %s", why_not)
         if int4:
@@ -297,6 +317,7 @@ def finish_loading(model: Any, tokenizer: Any, name: str, settings: Settings, *,
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
         forward=forward,
         int4=int4,
+        int4_rows=0 if int4 else int4_rows,
     )
 
 

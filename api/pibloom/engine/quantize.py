@@ -7,10 +7,14 @@ input columns and gives a row the same result whatever the batch around it. Re-q
 embedded Q4_1 model's de-quantised weights gets the file's own levels back exactly, but the kernel
 takes scales and zeros in the activations' dtype (bfloat16), whose rounding moves each group a
 little: measured against the exact weights, next-token KL 0.0012 (bfloat16 dense: 0.0009) and 98%
-top-1 agreement (dense: 100%). Hence opt-in (`PIBLOOM_QUANTIZE=int4`), not the default.
+top-1 agreement (dense: 100%). From about six rows a step is compute-bound and the kernel, which
+unpacks the levels at every call, is slower than bfloat16's dense matmul; hence `PIBLOOM_QUANTIZE=auto`
+(see `four_bit_gguf` and `llama_forward`) uses it for small decode steps of 4-bit GGUF models only.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -73,13 +77,19 @@ def quantizable(linear: nn.Module, group: int = GROUP) -> bool:
     return isinstance(linear, nn.Linear) and linear.in_features % group == 0 and linear.out_features % 16 == 0
 
 
+def quantize_fused(modules: list[nn.Linear], bias: torch.Tensor | None) -> Int4Linear:
+    """One 4-bit layer for the concatenation of `modules` (one matmul for all of them; `bias` is
+    theirs, fused); the modules themselves are left as they are."""
+    levels, scales_zeros = quantize_int4(torch.cat([m.weight.detach() for m in modules], dim=0))
+    return Int4Linear(pack(levels), scales_zeros, bias)
+
+
 def fuse_quantized(
     modules: list[nn.Linear], owner_attrs: list[tuple[nn.Module, str]], bias: torch.Tensor | None
 ) -> Int4Linear:
-    """Quantise the concatenation of `modules` (one matmul for all of them; `bias` is theirs, fused)
-    and put layers over the same 4-bit values in their places, so the model's own forward computes
-    exactly what the fused matmul does. Their packed weights are views of the fused one where the
-    packing allows (blocks of 64 rows), else packed from the same levels."""
+    """`quantize_fused`, and layers over the same 4-bit values put in the modules' places, so the
+    model's own forward computes exactly what the fused matmul does. Their packed weights are views
+    of the fused one where the packing allows (blocks of 64 rows), else packed from the same levels."""
     levels, scales_zeros = quantize_int4(torch.cat([m.weight.detach() for m in modules], dim=0))
     fused = Int4Linear(pack(levels), scales_zeros, bias)
     start = 0
@@ -106,3 +116,17 @@ def quantize_linears(model: nn.Module) -> int:
     for owner, name, child in targets:
         setattr(owner, name, Int4Linear.from_linear(child))
     return len(targets)
+
+
+# GGUF block types whose weights are 4-bit levels in groups of 32 with a scale (and a minimum): what
+# the kernel computes, so re-quantising their de-quantised weights recovers them.
+_FOUR_BIT_GGUF_TYPES = frozenset({"Q4_0", "Q4_1"})
+
+
+def four_bit_gguf(path: Path) -> bool:
+    """Whether every matrix of the GGUF's transformer blocks is stored as Q4_0 or Q4_1 (only the
+    tensor table is read)."""
+    from gguf import GGUFReader
+
+    blocks = [t for t in GGUFReader(path).tensors if t.name.startswith("blk.") and len(t.shape) == 2]
+    return bool(blocks) and all(t.tensor_type.name in _FOUR_BIT_GGUF_TYPES for t in blocks)

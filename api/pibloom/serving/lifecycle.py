@@ -103,7 +103,11 @@ class ModelHost:
             loaded.name,
             loaded.device,
             loaded.dtype,
-            ", int4 weights" if loaded.int4 else "",
+            ", int4 weights"
+            if loaded.int4
+            else f", int4 weights for steps of up to {loaded.int4_rows} tokens"
+            if loaded.int4_rows
+            else "",
             loaded.forward_name,
         )
 

@@ -4,13 +4,20 @@ output stays equal to transformers' `generate` on the same quantised model."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType, GGUFWriter
 from torch import nn
 
-from pibloom.engine.loader import LoadedModel, load_model
-from pibloom.engine.quantize import GROUP, Int4Linear, quantize_int4
+from pibloom.engine import loader
+from pibloom.engine.llama_forward import _projection
+from pibloom.engine.loader import LoadedModel, ModelSource, load_model, small_steps_int4
+from pibloom.engine.quantize import GROUP, Int4Linear, four_bit_gguf, quantize_fused, quantize_int4
 from pibloom.engine.scheduler import Engine
 from pibloom.settings import Settings
 
@@ -96,3 +103,73 @@ def test_dense_by_default_and_int4_only_on_the_cpu(tiny_llama: LoadedModel, tiny
     assert not wants_int4(tiny_llama_settings, torch.device("cuda"))
     with pytest.raises(ModelLoadError, match="needs the CPU"):
         wants_int4(int4, torch.device("cuda"))
+
+
+def test_small_steps_run_on_4_bit_weights_and_larger_ones_on_the_dense_weights() -> None:
+    owner = nn.Module()
+    owner.a, owner.b = linear(torch.randn(64, 96)), linear(torch.randn(32, 96))
+    dense = torch.cat([owner.a.weight.detach(), owner.b.weight.detach()])
+    four_bit = quantize_fused([owner.a, owner.b], None)
+    projection = _projection(owner, ["a", "b"], int4=False, int4_tokens=2)
+    small, large = torch.randn(1, 2, 96), torch.randn(3, 1, 96)
+    assert torch.equal(projection(small), four_bit(small))
+    assert torch.equal(projection(large), F.linear(large, dense))
+    assert not torch.allclose(four_bit(large), F.linear(large, dense), atol=1e-3)  # they do differ
+    # The model's own layers stay dense (views of the fused matrix), so nothing else changes.
+    assert isinstance(owner.a, nn.Linear) and torch.equal(owner.a.weight, dense[:64])
+
+
+async def test_steps_on_the_4_bit_copies_compute_what_the_4_bit_model_does(
+    tiny_llama_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loader, "small_steps_int4", lambda *_: 10_000)  # every step, prompts too
+    both = load_model(tiny_llama_settings)
+    assert both.int4_rows == 10_000 and not both.int4
+    assert not [m for m in both.model.modules() if isinstance(m, Int4Linear)]
+    four_bit = load_model(tiny_llama_settings.model_copy(update={"quantize": "int4"}))
+    engine = Engine(both, max_batch_size=8, max_queue=8, prefill_chunk=16)
+    engine.start()
+    try:
+        prompts = [ids(both, p) for p in PROMPTS]
+        together = await asyncio.gather(*(run(engine, p, greedy(20)) for p in prompts))
+        assert [t[0] for t in together] == [reference(four_bit, p, 20) for p in prompts]
+    finally:
+        engine.shutdown(10)
+
+
+def write_gguf(path: Path, block_type: GGMLQuantizationType) -> Path:
+    """A GGUF's tensor table as llama.cpp writes it: 64-column block matrices in `block_type`, a
+    float32 norm and a Q8_0 embedding (as the embedded model has)."""
+    writer = GGUFWriter(path, "llama")
+    if block_type == GGMLQuantizationType.F16:
+        writer.add_tensor("blk.0.attn_q.weight", np.zeros((32, 64), np.float16))
+    else:
+        block_bytes = {GGMLQuantizationType.Q4_0: 18, GGMLQuantizationType.Q4_1: 20}[block_type]
+        writer.add_tensor("blk.0.attn_q.weight", np.zeros((32, 2 * block_bytes), np.uint8), raw_dtype=block_type)
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(64, np.float32))
+    writer.add_tensor("token_embd.weight", np.zeros((16, 2 * 34), np.uint8), raw_dtype=GGMLQuantizationType.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_auto_keeps_4_bit_copies_only_of_4_bit_gguf_weights_served_in_bfloat16_on_the_cpu(
+    tmp_path: Path, tiny_llama_settings: Settings
+) -> None:
+    for name, kind in [("q4_1", GGMLQuantizationType.Q4_1), ("q4_0", GGMLQuantizationType.Q4_0)]:
+        assert four_bit_gguf(write_gguf(tmp_path / f"{name}.gguf", kind))
+    assert not four_bit_gguf(write_gguf(tmp_path / "f16.gguf", GGMLQuantizationType.F16))
+    settings, cpu, bf16 = tiny_llama_settings, torch.device("cpu"), torch.bfloat16
+    gguf = ModelSource("gguf", str(tmp_path), "q4_1.gguf", "q4_1")
+    assert settings.quantize == "auto"
+    assert small_steps_int4(settings, gguf, cpu, bf16) == settings.int4_max_rows == 4
+    assert small_steps_int4(settings.model_copy(update={"int4_max_rows": 3}), gguf, cpu, bf16) == 3
+    # Not where it would be less faithful than the dense path, nor where it cannot run.
+    assert small_steps_int4(settings, gguf, cpu, torch.float32) == 0
+    assert small_steps_int4(settings, replace(gguf, gguf_file="f16.gguf"), cpu, bf16) == 0
+    assert small_steps_int4(settings, ModelSource("folder", str(tmp_path), None, "hf"), cpu, bf16) == 0
+    assert small_steps_int4(settings, gguf, torch.device("cuda"), bf16) == 0
+    for mode in ("none", "int4"):
+        assert small_steps_int4(settings.model_copy(update={"quantize": mode}), gguf, cpu, bf16) == 0
