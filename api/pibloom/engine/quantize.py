@@ -7,9 +7,10 @@ input columns and gives a row the same result whatever the batch around it. Re-q
 embedded Q4_1 model's de-quantised weights gets the file's own levels back exactly, but the kernel
 takes scales and zeros in the activations' dtype (bfloat16), whose rounding moves each group a
 little: measured against the exact weights, next-token KL 0.0012 (bfloat16 dense: 0.0009) and 98%
-top-1 agreement (dense: 100%). From about six rows a step is compute-bound and the kernel, which
-unpacks the levels at every call, is slower than bfloat16's dense matmul; hence `PIBLOOM_QUANTIZE=auto`
-(see `four_bit_gguf` and `llama_forward`) uses it for small decode steps of 4-bit GGUF models only.
+top-1 agreement (dense: 100%). The kernel unpacks the levels at every call, so its cost grows with
+the rows while the dense matmul's stays near the weights' traffic: past about twelve rows bfloat16 is
+faster. Hence `PIBLOOM_QUANTIZE=auto` (see `four_bit_gguf` and `llama_forward`) uses it for small
+decode steps of 4-bit GGUF models only.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def test_auto_keeps_4_bit_copies_only_of_4_bit_gguf_weights_served_in_bfloat16_o
     settings, cpu, bf16 = tiny_llama_settings, torch.device("cpu"), torch.bfloat16
     gguf = ModelSource("gguf", str(tmp_path), "q4_1.gguf", "q4_1")
     assert settings.quantize == "auto"
-    assert small_steps_int4(settings, gguf, cpu, bf16) == settings.int4_max_rows == 4
+    assert small_steps_int4(settings, gguf, cpu, bf16) == settings.int4_max_rows == 8
     assert small_steps_int4(settings.model_copy(update={"int4_max_rows": 3}), gguf, cpu, bf16) == 3
     # Not where it would be less faithful than the dense path, nor where it cannot run.
     assert small_steps_int4(settings, gguf, cpu, torch.float32) == 0
