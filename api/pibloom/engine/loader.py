@@ -295,10 +295,11 @@ def finish_loading(
     max_context = min(model_limit, settings.max_context) if settings.max_context else model_limit
     forward: Forward
     why_not = llama_forward.supports(model) if settings.lean_forward else "PIBLOOM_LEAN_FORWARD=false"
+    # The 4-bit copies for small steps live in the lean pass's projections; with int4 every step is 4-bit.
+    int4_rows = int4_rows if why_not is None and not int4 else 0
     if why_not is None:
-        forward = llama_forward.LlamaForward(model, int4=int4, int4_tokens=0 if int4 else int4_rows)
+        forward = llama_forward.LlamaForward(model, int4=int4, int4_tokens=int4_rows)
     else:
-        int4_rows = 0  # the 4-bit copies for small steps live in the lean pass's projections
         forward = TransformersForward(model)
         log.info("using transformers' forward pass: the lean pass does not cover %s", why_not)
         if int4:
@@ -317,7 +318,7 @@ def finish_loading(
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
         forward=forward,
         int4=int4,
-        int4_rows=0 if int4 else int4_rows,
+        int4_rows=int4_rows,
     )
 
 

@@ -86,10 +86,6 @@ class _Lane:
     cache: SlotCache
     seqs: list[_Sequence] = field(default_factory=list)
 
-    def waste(self, size: int) -> int:
-        """Padding columns added if a prompt of `size` tokens joined this lane."""
-        return _waste(len(self.seqs), self.cache.length, size)
-
 
 def _waste(rows: int, length: int, size: int) -> int:
     """Padding columns added if a prompt of `size` tokens joined a lane of `rows` rows and `length`
@@ -97,6 +93,18 @@ def _waste(rows: int, length: int, size: int) -> int:
     if not rows:
         return 0
     return length - size if size <= length else rows * (size - length)
+
+
+def _choose_lane(shapes: list[tuple[int, int]], size: int) -> int:
+    """Which lane (given as rows, length) a prompt of `size` tokens joins: the busy one it pads least;
+    an empty one when every busy lane would take more than `_LANE_WASTE` padding columns (so a long
+    chat does not slow the short ones). Admission's projection places requests the same way."""
+    busy = [i for i, (rows, _) in enumerate(shapes) if rows]
+    idle = [i for i, (rows, _) in enumerate(shapes) if not rows]
+    best = min(busy, key=lambda i: _waste(*shapes[i], size), default=None)
+    if best is None or (idle and _waste(*shapes[best], size) > _LANE_WASTE):
+        return idle[0]
+    return best
 
 
 class Engine:
@@ -348,15 +356,13 @@ class Engine:
                 scored += size
                 continue
             end = size + self._remaining(request, 0)
-            busy = [lane for lane in lanes if lane[0]]
-            idle = [lane for lane in lanes if not lane[0]]
-            best = min(busy, key=lambda lane: _waste(lane[0], lane[1], size), default=None)
-            if best is None or (idle and _waste(best[0], best[1], size) > _LANE_WASTE):
-                idle[0][:] = [n, size, end]
+            lane = lanes[_choose_lane([(rows, length) for rows, length, _ in lanes], size)]
+            rows, length, final = lane
+            if not rows:
+                lane[:] = [n, size, end]
                 continue
-            rows, length, final = best
             grown = max(length, size)
-            best[:] = [rows + n, grown, max(final + grown - length, end + grown - size)]
+            lane[:] = [rows + n, grown, max(final + grown - length, end + grown - size)]
         return scored + sum(allocation_bound(rows, final, self.max_rows) for rows, _, final in lanes)
 
     def _rows_held(self) -> int:
@@ -560,14 +566,8 @@ class Engine:
         lane.seqs.append(seq)
 
     def _lane_for(self, size: int) -> _Lane:
-        """The lane that a prompt of `size` tokens pads least; an empty one when every busy lane would
-        take more than `_LANE_WASTE` padding columns (so a long chat does not slow the short ones)."""
-        busy = [lane for lane in self._lanes if lane.seqs]
-        idle = [lane for lane in self._lanes if not lane.seqs]
-        best = min(busy, key=lambda lane: lane.waste(size), default=None)
-        if best is None or (idle and best.waste(size) > _LANE_WASTE):
-            return idle[0]
-        return best
+        """The lane a prompt of `size` tokens joins (`_choose_lane`)."""
+        return self._lanes[_choose_lane([(len(lane.seqs), lane.cache.length) for lane in self._lanes], size)]
 
     def _decode_step(self) -> None:
         lanes = [lane for lane in self._lanes if lane.seqs]
