@@ -10,7 +10,15 @@ from transformers import AutoModelForCausalLM, DynamicCache, Qwen2Config, Qwen2F
 
 from pibloom.engine.forward import TransformersForward
 from pibloom.engine.kv_cache import SlotCache
-from pibloom.engine.llama_forward import _FUSED_ATTENTION_ROWS, LlamaForward, _Dense, supports
+from pibloom.engine.llama_forward import (
+    _FUSED_ATTENTION_ROWS,
+    LlamaForward,
+    _Dense,
+    _Packed,
+    _PackedPart,
+    packing_pays,
+    supports,
+)
 from pibloom.engine.loader import LoadedModel, load_model
 from pibloom.settings import Settings
 
@@ -132,6 +140,36 @@ def test_fusing_keeps_the_model_usable_without_copying_weights(tiny_llama_settin
     assert storage(layer.self_attn.k_proj.weight) == storage(fused.qkv.weight)
     assert storage(layer.mlp.up_proj.weight) == storage(fused.gate_up.weight)
     assert torch.equal(reference_logits(model, ids, mask), before)
+
+
+def test_packed_projections_compute_what_the_dense_ones_do_from_one_copy(tiny_llama_settings: Settings) -> None:
+    """In bfloat16 on a CPU whose oneDNN runs it, the projections are packed for oneDNN's matmul: same
+    logits as the dense pass, the model's own layers compute through the packed copy, and no dense
+    copy is kept."""
+
+    def bf16() -> torch.nn.Module:
+        return AutoModelForCausalLM.from_pretrained(tiny_llama_settings.model, dtype=torch.bfloat16).eval()
+
+    runs_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    model = bf16()
+    assert packing_pays(model.lm_head.weight) == (runs_bf16 and torch.backends.mkldnn.is_available())
+    assert not packing_pays(model.lm_head.weight.float())  # slower than the default kernel in float32
+    if not runs_bf16:  # this CPU's oneDNN has no bfloat16: the pass stays dense by itself
+        assert not LlamaForward(model).packed
+        return
+    ids, mask = padded_batch(model.config.vocab_size, [12, 7, 12, 3])
+    before = reference_logits(model, ids, mask)
+    dense = lean_logits_stepwise(LlamaForward(bf16(), pack=False), ids, mask, prefill=5)
+    lean = LlamaForward(model)
+    assert lean.packed and isinstance(lean.layers[0].qkv, _Packed) and isinstance(lean.layers[0].down, _Packed)
+    packed = lean_logits_stepwise(lean, ids, mask, prefill=5)
+    real = mask.bool()
+    assert torch.allclose(packed[real].float(), dense[real].float(), atol=2e-2, rtol=2e-2)
+    attn = model.model.layers[0].self_attn
+    assert isinstance(attn.q_proj, _PackedPart) and attn.v_proj.fused is lean.layers[0].qkv
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.model.layers.modules())
+    after = reference_logits(model, ids, mask)
+    assert torch.allclose(after[real].float(), before[real].float(), atol=2e-2, rtol=2e-2)
 
 
 def test_loader_uses_the_lean_pass_only_where_it_applies(
