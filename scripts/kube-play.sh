@@ -20,17 +20,23 @@ fail() {
 
 podman network exists "$net" || podman network create "$net" >/dev/null
 for svc in api web proxy; do
-    # podman 4.3 sometimes tries to remove the api pod's finished init container while it is still
-    # being torn down ("cannot remove container ... as it is running"), a race of its own: up to 3 tries.
-    for try in 1 2 3; do
-        podman kube down "kubernetes/$svc-deployment.yaml" >/dev/null 2>&1 || true
-        if out=$(podman kube play --network "$net:alias=$svc" "kubernetes/$svc-deployment.yaml" 2>&1); then
-            break
-        fi
-        grep -q "failed to remove once init container" <<<"$out" && [ "$try" -lt 3 ] \
+    podman kube down "kubernetes/$svc-deployment.yaml" >/dev/null 2>&1 || true
+    if ! out=$(podman kube play --network "$net:alias=$svc" "kubernetes/$svc-deployment.yaml" 2>&1); then
+        # podman 4.3 removes a finished "once" init container right after it exits, and sometimes does
+        # so while its own state still says running ("failed to remove once init container ...: it is
+        # running"); the pod is then left with its app containers created but not started (three
+        # plays in a row failed so on CI). Finish what podman left: wait for the init container's
+        # exit, which must be 0, remove it, start the pod.
+        init=$(grep -o 'failed to remove once init container [0-9a-f]*' <<<"$out" | awk '{print $NF}') || true
+        pod=$(grep -o 'bringing up pod [^:]*' <<<"$out" | awk '{print $NF}') || true
+        [ -n "$init" ] && [ -n "$pod" ] \
             || fail "podman kube play kubernetes/$svc-deployment.yaml: $(tail -2 <<<"$out")"
-        say "podman's init-container race on try $try; playing again"
-    done
+        code=$(podman wait "$init") || fail "cannot wait for the init container of $pod: $code"
+        [ "$code" = 0 ] || fail "the init container of $pod exited with $code: $(podman logs --tail 5 "$init" 2>&1)"
+        podman rm "$init" >/dev/null && podman pod start "$pod" >/dev/null \
+            || fail "could not start $pod after its init container"
+        say "podman's init-container race: removed the exited init container of $pod and started the pod"
+    fi
     say "played kubernetes/$svc-deployment.yaml (network $net, alias $svc)"
 done
 
