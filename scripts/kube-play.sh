@@ -18,9 +18,17 @@ fail() {
     exit 1
 }
 
-podman network exists "$net" || podman network create "$net" >/dev/null
 for svc in api web proxy; do
     podman kube down "kubernetes/$svc-deployment.yaml" >/dev/null 2>&1 || true
+done
+podman network rm -f "$net" >/dev/null 2>&1 || true
+# aardvark-dns answers on a network's gateway from a file per network, and a file whose containers
+# were never torn down (a run killed midway) outlives its network. A later network on the same
+# subnet then shares the gateway with it, and `api` resolved to a dead address of another stack
+# here. Its own subnet keeps this network's names its own; a stale file of its own name goes too.
+rm -f "/run/containers/networks/aardvark-dns/$net"
+podman network create --subnet 10.89.250.0/24 "$net" >/dev/null
+for svc in api web proxy; do
     if ! out=$(podman kube play --network "$net:alias=$svc" "kubernetes/$svc-deployment.yaml" 2>&1); then
         # podman 4.3 removes a finished "once" init container right after it exits, and sometimes does
         # so while its own state still says running ("failed to remove once init container ...: it is
@@ -33,7 +41,16 @@ for svc in api web proxy; do
             || fail "podman kube play kubernetes/$svc-deployment.yaml: $(tail -2 <<<"$out")"
         code=$(podman wait "$init") || fail "cannot wait for the init container of $pod: $code"
         [ "$code" = 0 ] || fail "the init container of $pod exited with $code: $(podman logs --tail 5 "$init" 2>&1)"
-        podman rm "$init" >/dev/null && podman pod start "$pod" >/dev/null \
+        # `podman wait` reads the exit code before podman's own state catches up: for a while after it
+        # returns the container can still be "running" to podman, and a plain rm then fails (it did on
+        # CI). Wait for the state to follow; the process has exited with 0, so removing it with force
+        # loses nothing if the state never does.
+        t0=$SECONDS
+        while [ "$(podman inspect "$init" --format '{{.State.Status}}' 2>/dev/null)" = running ] \
+            && [ $((SECONDS - t0)) -lt 30 ]; do
+            sleep 1
+        done
+        podman rm --force --ignore "$init" >/dev/null && podman pod start "$pod" >/dev/null \
             || fail "could not start $pod after its init container"
         say "podman's init-container race: removed the exited init container of $pod and started the pod"
     fi

@@ -92,6 +92,13 @@ bash scripts/container-bases.sh "$engine" "$arch" "$CACHE"
 
 build_args=()
 server_pid=""
+# A network, and the DNS file aardvark-dns keeps for it: a stack killed midway leaves the file with
+# its containers' names and addresses, and a later network on the same gateway answered them (dead
+# addresses) for its own names here.
+drop_network() {
+    podman network rm -f "$1" >/dev/null 2>&1 || true
+    podman network exists "$1" || rm -f "/run/containers/networks/aardvark-dns/$1"
+}
 cleanup() {
     set +e
     if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null; fi
@@ -101,11 +108,11 @@ cleanup() {
         "${compose[@]}" down -v >/dev/null 2>&1
         if [ "$engine" = podman ]; then
             # podman-compose 1.0.3's `down` leaves the project's network behind.
-            podman network rm -f "${PROJECT}_default" >/dev/null 2>&1
+            drop_network "${PROJECT}_default"
             for f in kubernetes/api-deployment.yaml kubernetes/web-deployment.yaml kubernetes/proxy-deployment.yaml; do
                 podman kube down "$f" >/dev/null 2>&1
             done
-            podman network rm -f pibloom-kube >/dev/null 2>&1
+            drop_network pibloom-kube
             podman volume rm -f pibloom-kube-models >/dev/null 2>&1
         fi
     fi
@@ -163,7 +170,7 @@ base=http://127.0.0.1:$PORT
 if [ "$engine" = podman ] && command -v iptables-save >/dev/null 2>&1; then
     # A stack killed with its machine (not stopped) leaves netavark's DNAT rules for the port behind,
     # and they win over the new ones: the published port then answers "no route to host".
-    podman network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true
+    drop_network "${PROJECT}_default"
     # grep finds nothing on a clean machine: that is not a failure under pipefail.
     stale=$(iptables-save -t nat | grep -E "^-A NETAVARK.* --dport $PORT( |$)" || true)
     while read -r _ rule; do
