@@ -208,8 +208,7 @@ class LlamaForward:
         self.embed = model.model.embed_tokens
         self.rotary = model.model.rotary_emb
         self.final_norm = model.model.norm.weight
-        self.lm_head = model.lm_head.weight
-        self.lm_bias = model.lm_head.bias
+        self.head = model.lm_head  # an nn.Linear, or `output_head.RescoredHead` in its place
         self.layers = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -278,7 +277,7 @@ class LlamaForward:
         if keep:
             h = h[:, -keep:]
         h = F.rms_norm(h, (h.shape[-1],), self.final_norm, self.eps)
-        return F.linear(h, self.lm_head, self.lm_bias)
+        return self.head(h)
 
     def _decode_attention(
         self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor

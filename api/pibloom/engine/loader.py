@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..settings import DEFAULT_MODEL, Settings
-from . import llama_forward, quantize
+from . import llama_forward, output_head, quantize
 from .forward import Forward, TransformersForward
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class LoadedModel:
     bos_token_id: int | None = None
     int4: bool = False  # linear layers hold 4-bit weights (`quantize`)
     int4_rows: int = 0  # steps of up to this many tokens run on 4-bit copies of the weights
+    head_int8_rows: int = 0  # steps of up to this many tokens rank the vocabulary in 8 bits (`output_head`)
 
     @property
     def forward_name(self) -> str:
@@ -262,6 +263,15 @@ def small_steps_int4(settings: Settings, source: ModelSource, device: torch.devi
     return settings.int4_max_rows
 
 
+def rescored_head_rows(settings: Settings, model: Any) -> int:
+    """The largest step (in tokens) whose output layer ranks the vocabulary in 8 bits and rescores its
+    best candidates exactly (`output_head`), 0 for none: with `PIBLOOM_QUANTIZE` auto or int4, on a
+    bfloat16 output layer on the CPU."""
+    if settings.quantize == "none" or not settings.head_int8_max_rows:
+        return 0
+    return settings.head_int8_max_rows if output_head.supported(model.get_output_embeddings()) else 0
+
+
 def _return_freed_memory() -> None:
     """glibc keeps freed heap pages mapped: the weights replaced by fused or 4-bit copies stayed
     resident (~200 MB for SmolLM2-135M, measured) until handed back."""
@@ -293,6 +303,9 @@ def finish_loading(
         or 2048
     )
     max_context = min(model_limit, settings.max_context) if settings.max_context else model_limit
+    head_rows = rescored_head_rows(settings, model)
+    if head_rows:
+        model.set_output_embeddings(output_head.RescoredHead(model.get_output_embeddings(), head_rows))
     forward: Forward
     why_not = llama_forward.supports(model) if settings.lean_forward else "PIBLOOM_LEAN_FORWARD=false"
     # The 4-bit copies for small steps live in the lean pass's projections; with int4 every step is 4-bit.
@@ -319,6 +332,7 @@ def finish_loading(
         forward=forward,
         int4=int4,
         int4_rows=int4_rows,
+        head_int8_rows=head_rows,
     )
 
 

@@ -99,7 +99,7 @@ class ModelHost:
         threading.Thread(target=warm_grammar, args=(loaded,), name="pibloom-grammar-warm", daemon=True).start()
         self.metrics.ready.set(1)
         log.info(
-            "model %s ready on %s (%s%s, %s forward pass)",
+            "model %s ready on %s (%s%s%s, %s forward pass)",
             loaded.name,
             loaded.device,
             loaded.dtype,
@@ -107,6 +107,9 @@ class ModelHost:
             if loaded.int4
             else f", int4 weights for steps of up to {loaded.int4_rows} tokens"
             if loaded.int4_rows
+            else "",
+            f", output layer ranked in int8 for steps of up to {loaded.head_int8_rows} tokens"
+            if loaded.head_int8_rows
             else "",
             loaded.forward_name,
         )

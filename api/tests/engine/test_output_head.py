@@ -1,0 +1,122 @@
+"""The output layer ranked in 8 bits and rescored exactly: the dense path's candidates, values and greedy
+tokens for small steps, the dense layer itself for larger ones, and only where it is meant to run."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pibloom.engine.loader import LoadedModel, load_model, rescored_head_rows
+from pibloom.engine.output_head import RESCORED, RescoredHead, quantize_int8_rows, supported
+from pibloom.engine.scheduler import Engine
+from pibloom.settings import Settings
+
+from generation import PROMPTS, greedy, ids, run
+
+BF16_ULP = 2**-7  # bfloat16's relative rounding step
+
+
+def head(vocab: int = 1000, hidden: int = 64, bias: bool = False, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(hidden, vocab, bias=bias).to(torch.bfloat16)
+
+
+def test_int8_levels_times_scales_are_within_half_a_level_of_each_weight() -> None:
+    weight = head().weight
+    levels, scales = quantize_int8_rows(weight)
+    assert levels.dtype == torch.int8 and int(levels.abs().max()) == 127
+    error = (levels.float() * scales.float()[:, None] - weight.float()).abs()
+    assert bool((error <= scales.float()[:, None] / 2 * (1 + BF16_ULP)).all())
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_small_steps_get_the_dense_argmax_and_exact_logits_for_the_candidates(bias: bool) -> None:
+    linear = head(bias=bias)
+    rescored = RescoredHead(linear, rows=4)
+    for rows in (1, 2, 4):
+        x = torch.randn(rows, 1, 64).to(torch.bfloat16)
+        dense = F.linear(x, linear.weight, linear.bias).float()
+        got = rescored(x).float()
+        assert got.shape == dense.shape
+        # The dense path's own top tokens are among the candidates, scored as it scores them.
+        top = dense.topk(8, dim=-1).indices
+        assert torch.allclose(got.gather(-1, top), dense.gather(-1, top), rtol=BF16_ULP, atol=1e-3)
+        picked = got.argmax(-1, keepdim=True)
+        assert torch.allclose(dense.gather(-1, picked), dense.amax(-1, keepdim=True), rtol=BF16_ULP, atol=1e-3)
+        # The rest are the 8-bit product: close, and not the dense values (else nothing was saved).
+        assert torch.allclose(got, dense, atol=0.05)
+        assert not torch.equal(got, dense)
+
+
+def test_a_row_gets_the_same_logits_alone_and_in_a_batch() -> None:
+    rescored = RescoredHead(head(), rows=4)
+    x = torch.randn(4, 1, 64).to(torch.bfloat16)
+    together = rescored(x)
+    assert all(torch.equal(rescored(x[i : i + 1]), together[i : i + 1]) for i in range(4))
+
+
+def test_larger_steps_and_other_dtypes_use_the_dense_layer() -> None:
+    linear = head()
+    rescored = RescoredHead(linear, rows=2)
+    assert rescored.weight is linear.weight  # shared (often the tied embedding), not copied
+    large = torch.randn(3, 1, 64).to(torch.bfloat16)
+    assert torch.equal(rescored(large), F.linear(large, linear.weight))
+    prompt = torch.randn(1, 3, 64).to(torch.bfloat16)  # three positions of one row count as three
+    assert torch.equal(rescored(prompt), F.linear(prompt, linear.weight))
+
+
+def test_only_bfloat16_cpu_layers_of_a_shape_the_kernel_takes() -> None:
+    assert supported(head())
+    assert not supported(head().float())
+    assert not supported(head(hidden=40))  # the kernel needs hidden sizes in multiples of 16
+    assert not supported(head(vocab=RESCORED))  # nothing to save: every token would be rescored
+    assert not supported(nn.Embedding(1000, 64).to(torch.bfloat16))
+
+
+def test_on_by_default_with_quantize_auto_or_int4_and_off_with_none_or_zero_rows(tiny_llama_settings: Settings) -> None:
+    class Model:
+        def __init__(self, layer: nn.Module) -> None:
+            self.layer = layer
+
+        def get_output_embeddings(self) -> nn.Module:
+            return self.layer
+
+    settings, model = tiny_llama_settings, Model(head())
+    assert settings.quantize == "auto" and rescored_head_rows(settings, model) == settings.head_int8_max_rows == 4
+    assert rescored_head_rows(settings.model_copy(update={"quantize": "int4"}), model) == 4
+    assert rescored_head_rows(settings.model_copy(update={"quantize": "none"}), model) == 0
+    assert rescored_head_rows(settings.model_copy(update={"head_int8_max_rows": 0}), model) == 0
+    assert rescored_head_rows(settings, Model(head().float())) == 0
+
+
+async def greedy_alone_and_together(loaded: LoadedModel) -> tuple[list[list[int]], list[list[int]]]:
+    engine = Engine(loaded, max_batch_size=8, max_queue=8, prefill_chunk=16)
+    engine.start()
+    try:
+        alone = [(await run(engine, ids(loaded, p), greedy(20)))[0] for p in PROMPTS]
+        together = await asyncio.gather(*(run(engine, ids(loaded, p), greedy(20)) for p in PROMPTS))
+        return alone, [t[0] for t in together]
+    finally:
+        engine.shutdown(10)
+
+
+@pytest.mark.parametrize("model", ["llama", "bloom"])  # the lean pass, and transformers' forward
+async def test_served_bfloat16_model_decodes_as_with_the_dense_output_layer(
+    model: str, request: pytest.FixtureRequest
+) -> None:
+    settings: Settings = request.getfixturevalue("tiny_llama_settings" if model == "llama" else "tiny_settings")
+    bf16 = settings.model_copy(update={"dtype": "bfloat16"})
+    rescored = load_model(bf16)
+    dense = load_model(bf16.model_copy(update={"head_int8_max_rows": 0}))
+    assert isinstance(rescored.model.lm_head, RescoredHead) and rescored.head_int8_rows == 4
+    assert isinstance(dense.model.lm_head, nn.Linear) and dense.head_int8_rows == 0
+    assert rescored.lean == (model == "llama")
+    if rescored.lean:
+        assert rescored.forward.head is rescored.model.lm_head  # the lean pass calls it
+    alone, together = await greedy_alone_and_together(rescored)
+    dense_alone, _ = await greedy_alone_and_together(dense)
+    assert alone == together == dense_alone
