@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import torch
 
 from pibloom.engine.loader import LoadedModel
@@ -34,6 +36,19 @@ async def run(engine: Engine, prompt: list[int], params: SamplingParams) -> tupl
         text.append(event.text)
         reason = event.finish_reason or reason
     return tokens, "".join(text), reason
+
+
+async def engine_greedy(loaded: LoadedModel, *, batched: bool = True) -> list[list[int]]:
+    """Every prompt's 20 greedy tokens from a fresh engine: all decoded in one batch, or one by one."""
+    engine = Engine(loaded, max_batch_size=8, max_queue=8, prefill_chunk=16)
+    engine.start()
+    try:
+        if batched:
+            together = await asyncio.gather(*(run(engine, ids(loaded, p), greedy(20)) for p in PROMPTS))
+            return [t[0] for t in together]
+        return [(await run(engine, ids(loaded, p), greedy(20)))[0] for p in PROMPTS]
+    finally:
+        engine.shutdown(10)
 
 
 def reference(loaded: LoadedModel, prompt: list[int], n: int) -> list[int]:

@@ -3,19 +3,16 @@ tokens for small steps, the dense layer itself for larger ones, and only where i
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pibloom.engine.loader import LoadedModel, load_model, rescored_head_rows
+from pibloom.engine.loader import load_model, rescored_head_rows
 from pibloom.engine.output_head import RESCORED, RescoredHead, quantize_int8_rows, supported
-from pibloom.engine.scheduler import Engine
 from pibloom.settings import Settings
 
-from generation import PROMPTS, greedy, ids, run
+from generation import engine_greedy
 
 BF16_ULP = 2**-7  # bfloat16's relative rounding step
 
@@ -93,17 +90,6 @@ def test_on_by_default_with_quantize_auto_or_int4_and_off_with_none_or_zero_rows
     assert rescored_head_rows(settings, Model(head().float())) == 0
 
 
-async def greedy_alone_and_together(loaded: LoadedModel) -> tuple[list[list[int]], list[list[int]]]:
-    engine = Engine(loaded, max_batch_size=8, max_queue=8, prefill_chunk=16)
-    engine.start()
-    try:
-        alone = [(await run(engine, ids(loaded, p), greedy(20)))[0] for p in PROMPTS]
-        together = await asyncio.gather(*(run(engine, ids(loaded, p), greedy(20)) for p in PROMPTS))
-        return alone, [t[0] for t in together]
-    finally:
-        engine.shutdown(10)
-
-
 @pytest.mark.parametrize("model", ["llama", "bloom"])  # the lean pass, and transformers' forward
 async def test_served_bfloat16_model_decodes_as_with_the_dense_output_layer(
     model: str, request: pytest.FixtureRequest
@@ -117,6 +103,5 @@ async def test_served_bfloat16_model_decodes_as_with_the_dense_output_layer(
     assert rescored.lean == (model == "llama")
     if rescored.lean:
         assert rescored.forward.head is rescored.model.lm_head  # the lean pass calls it
-    alone, together = await greedy_alone_and_together(rescored)
-    dense_alone, _ = await greedy_alone_and_together(dense)
-    assert alone == together == dense_alone
+    alone = await engine_greedy(rescored, batched=False)
+    assert alone == await engine_greedy(rescored) == await engine_greedy(dense, batched=False)

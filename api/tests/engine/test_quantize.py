@@ -3,7 +3,6 @@ output stays equal to transformers' `generate` on the same quantised model."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,10 +17,9 @@ from pibloom.engine import loader
 from pibloom.engine.llama_forward import _projection
 from pibloom.engine.loader import LoadedModel, ModelSource, load_model, small_steps_int4
 from pibloom.engine.quantize import GROUP, Int4Linear, four_bit_gguf, quantize_fused, quantize_int4
-from pibloom.engine.scheduler import Engine
 from pibloom.settings import Settings
 
-from generation import PROMPTS, greedy, ids, reference, run
+from generation import PROMPTS, engine_greedy, ids, reference
 
 
 def q4_1_weight(rows: int, columns: int, seed: int = 0) -> torch.Tensor:
@@ -83,19 +81,8 @@ def int4_model(request: pytest.FixtureRequest) -> LoadedModel:
     return loaded
 
 
-async def greedy_together(loaded: LoadedModel) -> list[list[int]]:
-    """Every prompt's 20 greedy tokens, all decoded in one batch by the engine."""
-    engine = Engine(loaded, max_batch_size=8, max_queue=8, prefill_chunk=16)
-    engine.start()
-    try:
-        together = await asyncio.gather(*(run(engine, ids(loaded, p), greedy(20)) for p in PROMPTS))
-        return [t[0] for t in together]
-    finally:
-        engine.shutdown(10)
-
-
 async def test_int4_greedy_output_matches_generate_and_is_batch_invariant(int4_model: LoadedModel) -> None:
-    assert await greedy_together(int4_model) == [reference(int4_model, ids(int4_model, p), 20) for p in PROMPTS]
+    assert await engine_greedy(int4_model) == [reference(int4_model, ids(int4_model, p), 20) for p in PROMPTS]
 
 
 def test_dense_by_default_and_int4_only_on_the_cpu(tiny_llama: LoadedModel, tiny_llama_settings: Settings) -> None:
@@ -131,7 +118,7 @@ async def test_steps_on_the_4_bit_copies_compute_what_the_4_bit_model_does(
     assert both.int4_rows == 10_000 and not both.int4
     assert not [m for m in both.model.modules() if isinstance(m, Int4Linear)]
     four_bit = load_model(tiny_llama_settings.model_copy(update={"quantize": "int4"}))
-    assert await greedy_together(both) == [reference(four_bit, ids(both, p), 20) for p in PROMPTS]
+    assert await engine_greedy(both) == [reference(four_bit, ids(both, p), 20) for p in PROMPTS]
 
 
 def write_gguf(path: Path, block_type: GGMLQuantizationType) -> Path:
