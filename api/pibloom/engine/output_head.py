@@ -22,16 +22,14 @@ RESCORED = 64  # candidates scored exactly: KL 4.9e-4 at 64, 5.6e-4 at 16, 4.4e-
 _COLUMN_MULTIPLE = 16  # the int8 kernel crashes on hidden sizes that are not a multiple of 16
 
 
-def supported(head: nn.Module) -> bool:
-    """A bias-free or biased linear output layer in bfloat16 on the CPU, of a shape the kernel takes."""
-    weight = getattr(head, "weight", None)
+def supported(head: nn.Module | None) -> bool:
+    """A linear output layer in bfloat16 on the CPU, of a shape the kernel takes."""
     return (
         isinstance(head, nn.Linear)
-        and isinstance(weight, torch.Tensor)
-        and weight.device.type == "cpu"
-        and weight.dtype == torch.bfloat16
-        and weight.shape[1] % _COLUMN_MULTIPLE == 0
-        and weight.shape[0] > RESCORED
+        and head.weight.device.type == "cpu"
+        and head.weight.dtype == torch.bfloat16
+        and head.in_features % _COLUMN_MULTIPLE == 0
+        and head.out_features > RESCORED
         and hasattr(torch, "_weight_int8pack_mm")
     )
 
