@@ -21,12 +21,11 @@ fail() {
 for svc in api web proxy; do
     podman kube down "kubernetes/$svc-deployment.yaml" >/dev/null 2>&1 || true
 done
-podman network rm -f "$net" >/dev/null 2>&1 || true
-# aardvark-dns answers on a network's gateway from a file per network, and a file whose containers
-# were never torn down (a run killed midway) outlives its network. A later network on the same
-# subnet then shares the gateway with it, and `api` resolved to a dead address of another stack
-# here. Its own subnet keeps this network's names its own; a stale file of its own name goes too.
-rm -f "/run/containers/networks/aardvark-dns/$net"
+# shellcheck source=scripts/podman-network.sh
+. scripts/podman-network.sh
+drop_network "$net"
+# Another stack's stale DNS file (see drop_network) on a shared subnet answered `api` with a dead
+# address here: its own subnet keeps this network's names its own.
 podman network create --subnet 10.89.250.0/24 "$net" >/dev/null
 for svc in api web proxy; do
     if ! out=$(podman kube play --network "$net:alias=$svc" "kubernetes/$svc-deployment.yaml" 2>&1); then
@@ -127,5 +126,5 @@ say "chat through the proxy pod: ${answer:0:60}"
 for svc in proxy web api; do
     podman kube down "kubernetes/$svc-deployment.yaml" >/dev/null 2>&1 || true
 done
-podman network rm -f "$net" >/dev/null 2>&1 || true
+drop_network "$net"
 say "passed"

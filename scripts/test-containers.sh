@@ -92,13 +92,8 @@ bash scripts/container-bases.sh "$engine" "$arch" "$CACHE"
 
 build_args=()
 server_pid=""
-# A network, and the DNS file aardvark-dns keeps for it: a stack killed midway leaves the file with
-# its containers' names and addresses, and a later network on the same gateway answered them (dead
-# addresses) for its own names here.
-drop_network() {
-    podman network rm -f "$1" >/dev/null 2>&1 || true
-    podman network exists "$1" || rm -f "/run/containers/networks/aardvark-dns/$1"
-}
+# shellcheck source=scripts/podman-network.sh
+. scripts/podman-network.sh
 cleanup() {
     set +e
     if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null; fi
