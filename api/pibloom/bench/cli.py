@@ -13,6 +13,7 @@ from .load import PATHS
 from .peers import DEFAULT_PEERS, OPTIONAL_PEERS, PEERS, PIBLOOM, stop_servers_on_sigterm
 from .report import render_text, write
 from .session import BenchConfig, run_bench
+from .soak import SoakSpec
 from .structured import render as render_structured
 from .structured import run_structured
 from .structured import write as write_structured
@@ -86,6 +87,11 @@ def parse_peers(text: str) -> list[str]:
     "--chat-streams", type=click.IntRange(2), default=None,
     help="Short streams in the chat cases.  [default: 16; 4 with --quick]",
 )  # fmt: skip
+@click.option(
+    "--soak-minutes", type=click.FloatRange(0), default=None,
+    help="Minutes of mixed chat load on a fresh piBLOOM, for its memory over time; 0 skips it.  "
+    "[default: 10; 0 with --quick]",
+)  # fmt: skip
 def bench_command(
     concurrency: str | None,
     max_tokens: int | None,
@@ -100,6 +106,7 @@ def bench_command(
     structured: bool,
     chat_cases: bool,
     chat_streams: int | None,
+    soak_minutes: float | None,
 ) -> None:
     """Compare piBLOOM (at its serving defaults), piBLOOM without batching, llama.cpp's llama-server
     and OpenVINO GenAI (x86 only, in-process) on the embedded model.
@@ -135,6 +142,11 @@ def bench_command(
     else:
         streams = chat_streams or (QUICK_CHAT_STREAMS if quick else 16)
         config.chat = ChatCaseSpec(streams=streams, max_tokens=config.max_tokens)
+    minutes = soak_minutes if soak_minutes is not None else (0.0 if quick else SoakSpec().minutes)
+    try:
+        config.soak = SoakSpec(minutes=minutes, max_tokens=config.max_tokens) if minutes else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--soak-minutes") from exc
     if requests_per_level is not None:
         config.requests = dict.fromkeys(levels, requests_per_level)
     elif quick:
@@ -149,5 +161,6 @@ def bench_command(
     paths = write(report, out_dir)
     click.echo(f"\nwrote {paths['json']}, {paths['table']} and {paths['plot']}")
     failed = [p for p in report.peers if p.name not in OPTIONAL_PEERS and not p.available]
-    if failed or any(s.errors for s in report.levels if s.peer == PIBLOOM):
+    lost = report.soak is not None and (report.soak.lost or not report.soak.samples)
+    if failed or lost or any(s.errors for s in report.levels if s.peer == PIBLOOM):
         sys.exit(1)

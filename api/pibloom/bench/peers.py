@@ -147,18 +147,24 @@ def process_tree_rss(pid: int) -> int | None:
 
 
 class RssSampler:
-    """Samples a process tree's RSS in a thread and keeps the peak, for the length of a `with` block."""
+    """Samples a process tree's RSS in a thread for the length of a `with` block: the peak, and every
+    sample as (seconds since the block began, bytes)."""
 
     def __init__(self, pid: int, interval: float = 0.25) -> None:
         self.pid = pid
         self.interval = interval
         self.peak: int | None = None
+        self.samples: list[tuple[float, int]] = []
+        self._began = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         rss = process_tree_rss(self.pid)
-        if rss is not None and (self.peak is None or rss > self.peak):
+        if rss is None:
+            return
+        self.samples.append((time.monotonic() - self._began, rss))
+        if self.peak is None or rss > self.peak:
             self.peak = rss
 
     def _run(self) -> None:
@@ -166,6 +172,7 @@ class RssSampler:
             self._sample()
 
     def __enter__(self) -> RssSampler:
+        self._began = time.monotonic()
         self._sample()
         self._thread.start()
         return self

@@ -11,11 +11,13 @@ from typing import Any
 
 from .chat_cases import ChatFigures
 from .peers import LABELS, LLAMA, OPENVINO, PIBLOOM
+from .soak import SoakFigures
 from .stats import LevelStats, ratio
 
 MIB = 1024 * 1024
 MB = 1000 * 1000
 IDLE_RSS_TARGET_MB = 500.0
+SOAK_GROWTH_TARGET = 1.1
 
 
 @dataclass
@@ -58,6 +60,7 @@ class BenchReport:
     ratios: list[Ratio] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     chat: list[ChatFigures] = field(default_factory=list)
+    soak: SoakFigures | None = None
 
     def level(self, peer: str, concurrency: int) -> LevelStats | None:
         return next((s for s in self.levels if s.peer == peer and s.concurrency == concurrency), None)
@@ -75,6 +78,8 @@ def peak_rss(report: BenchReport, peer: str) -> int | None:
     chat = report.chat_of(peer)
     if chat and chat.peak_rss_bytes:
         seen.append(chat.peak_rss_bytes)
+    if report.soak and report.soak.peer == peer and report.soak.rss_peak:
+        seen.append(report.soak.rss_peak)
     return max(seen) if seen else None
 
 
@@ -112,6 +117,8 @@ def compute_targets(report: BenchReport) -> list[Target]:
     chat = report.chat_of(PIBLOOM)
     mine = report.peer(PIBLOOM)
     idle = mine.idle_rss_bytes / MB if mine and mine.idle_rss_bytes else None
+    soak = report.soak if report.soak and report.soak.samples else None
+    minutes = f"{soak.minutes:g}" if soak else "10"
     return [
         _target("c=1 tok/s vs llama-server (x)", vs(LLAMA, 1), 1.0),
         _target("c=16 tok/s vs llama-server (x)", vs(LLAMA, 16), 1.5),
@@ -123,7 +130,10 @@ def compute_targets(report: BenchReport) -> list[Target]:
         _target("short streams with a long chat running / fresh (x)", chat.during_ratio if chat else None, 0.8),
         _target("short streams after the long chat / fresh (x)", chat.after_ratio if chat else None, 0.9),
         _target("idle RSS (MB)", idle, IDLE_RSS_TARGET_MB, at_most=True),
-    ]
+        _target(f"RSS after {minutes} min of mixed load / after 1 min (x)", soak.growth if soak else None,
+                SOAK_GROWTH_TARGET, at_most=True),
+        _target(f"requests lost in {minutes} min of mixed load", float(soak.lost) if soak else None, 0, at_most=True),
+    ]  # fmt: skip
 
 
 def _num(value: float | None, fmt: str, suffix: str = "", bound: bool = False) -> str:
@@ -205,6 +215,21 @@ def render_chat(report: BenchReport) -> str:
     return _markdown(header, rows)
 
 
+def render_soak(figures: SoakFigures) -> str:
+    """One line: the soak's requests and piBLOOM's RSS after the first minute, at the end and at its peak."""
+
+    def mib(value: int | None) -> str:
+        return _num(value / MIB if value else None, ".0f", " MiB")
+
+    line = (
+        f"Soak ({LABELS.get(figures.peer, figures.peer)}, {figures.minutes:g} min of chats of 10 to 1,200 words): "
+        f"{figures.completed}/{figures.requests} requests finished, {figures.lost} lost; RSS after "
+        f"{figures.settle_s:.0f} s {mib(figures.rss_settled)}, at the end {mib(figures.rss_end)} "
+        f"({_x(figures.growth)}), peak {mib(figures.rss_peak)}."
+    )
+    return "\n".join([line, *(f"  e.g. {e}" for e in figures.error_samples)])
+
+
 def _verdict(t: Target) -> str:
     state = "not measured" if t.met is None else ("met" if t.met else "NOT met")
     shown = "-" if t.measured is None else f"{t.measured:.2f}"
@@ -224,6 +249,8 @@ def render_text(report: BenchReport) -> str:
         ]
         for c in report.chat:
             parts += [f"{LABELS.get(c.peer, c.peer)} chat case: {error}" for error in c.errors]
+    if report.soak:
+        parts += [render_soak(report.soak), ""]
     if any(s.cut for s in report.levels):
         parts.append(
             "req = finished/started; '>=' marks a level cut at its time limit (unfinished requests count "

@@ -37,6 +37,7 @@ from .peers import (
 )
 from .prompts import WARM_PROMPTS
 from .report import BenchReport, PeerInfo, compute_ratios, compute_targets, peak_rss
+from .soak import SoakFigures, SoakSpec, soak
 from .stats import LevelStats, summarize
 
 Echo = Callable[[str], None]
@@ -63,6 +64,7 @@ class BenchConfig:
     api: Api = "chat"
     ready_timeout: float = 600.0
     chat: ChatCaseSpec | None = field(default_factory=ChatCaseSpec)  # None: no chat-shaped cases
+    soak: SoakSpec | None = field(default_factory=SoakSpec)  # None: no soak (piBLOOM's memory over time)
     # Seconds the OpenVINO runner may take for all its levels (it has no per-level cut).
     openvino_timeout: float = 1800.0
 
@@ -149,6 +151,24 @@ def _pibloom_chat(config: BenchConfig, echo: Echo) -> ChatFigures:
         return ChatFigures(PIBLOOM, errors=[str(exc)])
 
 
+def _pibloom_soak(config: BenchConfig, echo: Echo) -> SoakFigures:
+    """The soak on a server started for it alone, so that its first minute is the server's first."""
+    assert config.soak is not None
+    spec = config.soak
+    port = free_port()
+    log = config.out_dir / "logs" / f"{PIBLOOM}-soak.log"
+    echo(f"  {LABELS[PIBLOOM]}: soak, {spec.streams} chats of 10 to 1,200 words at a time for {spec.minutes:g} min")
+    try:
+        with running(pibloom_launch(port, batching=True), port, log, config.ready_timeout) as server:
+            model = asyncio.run(model_id(server.base_url))
+            figures = soak(server.base_url, model, PIBLOOM, server.pid, spec)
+    except ServerStartError as exc:
+        return SoakFigures(PIBLOOM, spec.minutes, spec.settle_s, error_samples=[str(exc)])
+    growth = "-" if figures.growth is None else f"{figures.growth:.2f}x"
+    echo(f"  {figures.completed}/{figures.requests} requests, {figures.lost} lost; RSS end / first minute {growth}")
+    return figures
+
+
 def _pibloom_peer(peer: str, config: BenchConfig, echo: Echo) -> tuple[PeerInfo, list[LevelStats]]:
     port = free_port()
     launch = pibloom_launch(port, batching=peer != UNBATCHED, spin=peer == PIBLOOM_SPIN)
@@ -230,6 +250,7 @@ def run_bench(config: BenchConfig, settings: Settings, echo: Echo = print) -> Be
             "api": config.api,
             "pibloom_env": inherited_settings(),
             "chat": asdict(config.chat) if config.chat else None,
+            "soak": asdict(config.soak) if config.soak else None,
         },
         machine=machine(),
         peers=[],
@@ -258,6 +279,8 @@ def run_bench(config: BenchConfig, settings: Settings, echo: Echo = print) -> Be
             info, levels = _pibloom_peer(peer, config, echo)
             if peer == PIBLOOM and info.available and config.chat:
                 report.chat.append(_pibloom_chat(config, echo))
+            if peer == PIBLOOM and info.available and config.soak:
+                report.soak = _pibloom_soak(config, echo)
         if not info.available:
             echo(f"{LABELS[peer]} {'' if peer == OPENVINO else 'NOT MEASURED: '}{info.note}")
         report.peers.append(info)

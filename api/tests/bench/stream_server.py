@@ -1,10 +1,11 @@
-"""A small streaming OpenAI-style chat server for the chat-case tests, run as a subprocess:
-`python stream_server.py PORT [--token-delay S] [--fail-long]`.
+"""A small streaming OpenAI-style chat server for the chat-case and soak tests, run as a subprocess:
+`python stream_server.py PORT [--token-delay S] [--fail-long] [--fail-words N]`.
 
 Every chat request streams `max_tokens` tokens ("w0 w1 ..."), one every `--token-delay` seconds,
 then a usage chunk and `[DONE]`. A request of nine or more messages is "long"; `--fail-long` answers
-those with HTTP 500. `GET /_log` lists every request with its messages, max_tokens, and server-side
-times of start, first token and end, and whether the client went away before the end.
+those with HTTP 500, as `--fail-words N` does a request whose last message has more than N words.
+`GET /_log` lists every request with its messages, max_tokens, and server-side times of start, first
+token and end, and whether the client went away before the end.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def build_app(args: argparse.Namespace) -> FastAPI:
             "cancelled": False,
         }
         log.append(entry)
-        if args.fail_long and len(body["messages"]) >= LONG_MESSAGES:
+        too_many_words = args.fail_words is not None and len(body["messages"][-1]["content"].split()) > args.fail_words
+        if too_many_words or (args.fail_long and len(body["messages"]) >= LONG_MESSAGES):
             entry["end"] = time.monotonic()
             return JSONResponse({"error": {"message": "too long", "type": "test"}}, status_code=500)
 
@@ -84,6 +86,7 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("--token-delay", type=float, default=0.02)
     parser.add_argument("--fail-long", action="store_true")
+    parser.add_argument("--fail-words", type=int, default=None)
     args = parser.parse_args()
     uvicorn.run(build_app(args), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 

@@ -37,6 +37,7 @@ def test_parse_peers_keeps_the_canonical_order() -> None:
         (["--max-tokens", "0"], "--max-tokens"),
         (["--requests-per-level", "0"], "--requests-per-level"),
         (["--api", "embeddings"], "--api"),
+        (["--soak-minutes", "0.5"], "--soak-minutes"),  # not past its first minute, the reference
     ],
 )
 def test_bad_options_exit_2(args: list[str], message: str, tmp_path) -> None:
@@ -58,6 +59,7 @@ def test_an_absent_llama_server_is_reported_not_fatal(tmp_path: Path, monkeypatc
     assert data["peers"][0]["available"] is False
     assert data["levels"] == []
     assert data["config"]["concurrency"] == [1]
+    assert data["config"]["soak"]["minutes"] == 10 and data["soak"] is None  # the soak is piBLOOM's alone
     assert (out / "bench.png").is_file() and (out / "bench.md").is_file()
 
 

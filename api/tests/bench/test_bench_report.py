@@ -17,6 +17,7 @@ from pibloom.bench.report import (
     render_text,
     write,
 )
+from pibloom.bench.soak import SoakFigures
 from pibloom.bench.stats import LevelStats
 
 MIB = 1024 * 1024
@@ -54,6 +55,11 @@ def chat() -> ChatFigures:
     )
 
 
+def soak() -> SoakFigures:
+    samples = [(0.0, 800 * MIB), (30.0, 950 * MIB), (60.0, 1000 * MIB), (300.0, 1100 * MIB), (600.0, 1050 * MIB)]
+    return SoakFigures("pibloom", 10.0, 60.0, samples, requests=300, completed=288, lost=1, error_samples=["HTTP 500"])
+
+
 @pytest.fixture
 def report() -> BenchReport:
     levels = [
@@ -71,7 +77,7 @@ def report() -> BenchReport:
     peers = [PeerInfo("pibloom", True, startup_s=3.0, idle_rss_bytes=480 * 1000 * 1000)]
     peers += [PeerInfo("unbatched", True), PeerInfo("llama-server", True), PeerInfo("openvino", True)]
     config = {"max_tokens": 128, "pibloom_env": {"PIBLOOM_CACHE_DIR": "/c", "PIBLOOM_DTYPE": "float32"}}
-    made = BenchReport(config=config, machine={"cpu": "test"}, peers=peers, levels=levels, chat=[chat()])
+    made = BenchReport(config=config, machine={"cpu": "test"}, peers=peers, levels=levels, chat=[chat()], soak=soak())
     for info in made.peers:
         info.peak_rss_bytes = peak_rss(made, info.name)
     made.ratios = compute_ratios(made.levels)
@@ -108,6 +114,8 @@ def test_targets_of_issue_16(report: BenchReport) -> None:
         "short streams with a long chat running / fresh (x)": (pytest.approx(0.9), True),
         "short streams after the long chat / fresh (x)": (pytest.approx(0.85), False),
         "idle RSS (MB)": (pytest.approx(480.0), True),
+        "RSS after 10 min of mixed load / after 1 min (x)": (pytest.approx(1.05), True),  # 1050 / 1000
+        "requests lost in 10 min of mixed load": (1.0, False),
     }
 
 
@@ -117,7 +125,9 @@ def test_targets_not_measured_are_not_failed() -> None:
     assert [t.met for t in only.targets] == [None] * len(only.targets)
 
 
-def test_peak_rss_covers_levels_and_chat_cases(report: BenchReport) -> None:
+def test_peak_rss_covers_levels_chat_cases_and_the_soak(report: BenchReport) -> None:
+    assert peak_rss(report, "pibloom") == 1100 * MIB  # the soak's peak beats the chat case's 900
+    report.soak = None
     assert peak_rss(report, "pibloom") == 900 * MIB  # the chat case's peak beats the levels' 700
     assert peak_rss(report, "llama-server") == 400 * MIB
     assert peak_rss(report, "nobody") is None
@@ -133,13 +143,20 @@ def test_table_text(report: BenchReport) -> None:
     assert "1.67x" in c16[2] and "12.00x" in c16[1] and "—" in c16[0] and "0.75x" in c16[3]
     assert ">=30.00 s" in c16[1]  # the cut level's TTFT is a lower bound
     assert "400 MiB" in c16[0]
-    assert "piBLOOM: ready in 3.0 s, idle RSS 458 MiB, peak RSS 900 MiB" in lines
+    assert "piBLOOM: ready in 3.0 s, idle RSS 458 MiB, peak RSS 1100 MiB" in lines
     assert "piBLOOM settings from the environment: PIBLOOM_DTYPE=float32" in lines
     assert "  c=16 tok/s vs OpenVINO GenAI (x): 0.75 (want >= 0.8) NOT met" in lines
     assert "  c=16 TTFT p50 (s): 0.50 (want <= 0.5) met" in lines
     assert "  c=32 tok/s vs OpenVINO GenAI (x): - (want >= 0.8) not measured" in lines
     assert "  idle RSS (MB): 480.00 (want <= 500) met" in lines
-    assert "  peak RSS (MB): 944 (reported)" in lines
+    assert "  peak RSS (MB): 1153 (reported)" in lines
+    assert (
+        "Soak (piBLOOM, 10 min of chats of 10 to 1,200 words): 288/300 requests finished, 1 lost; RSS after 60 s "
+        "1000 MiB, at the end 1050 MiB (1.05x), peak 1100 MiB." in lines
+    )
+    assert "  e.g. HTTP 500" in lines
+    assert "  RSS after 10 min of mixed load / after 1 min (x): 1.05 (want <= 1.1) met" in lines
+    assert "  requests lost in 10 min of mixed load: 1.00 (want <= 0) NOT met" in lines
     chat_row = next(line for line in lines if line.startswith("| piBLOOM ") and "2.00 s" in line)
     cells = [cell.strip() for cell in chat_row.split("|")[1:-1]]
     assert cells == [
@@ -170,7 +187,8 @@ def test_write_json_table_and_plot(report: BenchReport, tmp_path: Path) -> None:
         ("llama-server", 1),
     ]
     assert data["levels"][0]["label"] == "piBLOOM"
-    assert data["peers"][0]["peak_rss_bytes"] == 900 * MIB
+    assert data["peers"][0]["peak_rss_bytes"] == 1100 * MIB
+    assert data["soak"]["samples"][2] == [60.0, 1000 * MIB] and data["soak"]["lost"] == 1
     assert data["chat"][0]["cold_ttft_s"] == 2.0
     assert data["chat"][0]["during"]["concurrency"] == 15
     assert {r["peer"] for r in data["ratios"]} == {"unbatched", "llama-server", "openvino"}
