@@ -38,7 +38,8 @@ def test_the_soak_cycles_the_prompts_and_samples_rss_throughout(tmp_path: Path) 
         figures = asyncio.run(run_soak(server.base_url, "fake", "pibloom", server.pid, SPEC))
         log = httpx.get(f"{server.base_url}/_log", timeout=10).json()
     assert figures.lost == 0 and figures.error_samples == []
-    assert figures.requests == len(log) > len(SOAK_WORDS)
+    # a request issued as the deadline struck may be cancelled before it reaches the server
+    assert figures.requests - SPEC.streams <= len(log) <= figures.requests and len(log) > len(SOAK_WORDS)
     sent = [entry["messages"][-1]["content"] for entry in log]
     assert set(sent) == set(soak_prompts())  # every length went out
     assert all(entry["max_tokens"] == SPEC.max_tokens for entry in log)

@@ -141,7 +141,9 @@ async def test_schema_failures_retry_with_the_next_seed(start_servers: StartServ
 
 
 async def test_a_hung_server_loses_its_work_long_before_the_request_timeout(start_servers: StartServers) -> None:
-    steady, frozen = start_servers(["--delay", "0.05"], ["--delay", "0.05"])
+    # The frozen server's answers take 2 s, so its first requests are still in flight when the steady
+    # server's first result arrives (at 0.05 s, the whole batch would be done before it was seen busy).
+    steady, frozen = start_servers(["--delay", "0.05"], ["--delay", "2"])
     items = prompts(40)
     first_result = asyncio.Event()
 
