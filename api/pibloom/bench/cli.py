@@ -13,7 +13,7 @@ from .load import PATHS
 from .peers import DEFAULT_PEERS, OPTIONAL_PEERS, PEERS, PIBLOOM, stop_servers_on_sigterm
 from .report import render_text, write
 from .session import BenchConfig, run_bench
-from .soak import SoakSpec
+from .soak import SOAK_MINUTES, SoakSpec
 from .structured import render as render_structured
 from .structured import run_structured
 from .structured import write as write_structured
@@ -142,7 +142,7 @@ def bench_command(
     else:
         streams = chat_streams or (QUICK_CHAT_STREAMS if quick else 16)
         config.chat = ChatCaseSpec(streams=streams, max_tokens=config.max_tokens)
-    minutes = soak_minutes if soak_minutes is not None else (0.0 if quick else SoakSpec().minutes)
+    minutes = soak_minutes if soak_minutes is not None else (0.0 if quick else SOAK_MINUTES)
     try:
         config.soak = SoakSpec(minutes=minutes, max_tokens=config.max_tokens) if minutes else None
     except ValueError as exc:
@@ -161,6 +161,6 @@ def bench_command(
     paths = write(report, out_dir)
     click.echo(f"\nwrote {paths['json']}, {paths['table']} and {paths['plot']}")
     failed = [p for p in report.peers if p.name not in OPTIONAL_PEERS and not p.available]
-    lost = report.soak is not None and (report.soak.lost or not report.soak.samples)
-    if failed or lost or any(s.errors for s in report.levels if s.peer == PIBLOOM):
+    soak_failed = report.soak is not None and (report.soak.lost > 0 or not report.soak.samples)
+    if failed or soak_failed or any(s.errors for s in report.levels if s.peer == PIBLOOM):
         sys.exit(1)

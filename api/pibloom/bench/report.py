@@ -11,7 +11,7 @@ from typing import Any
 
 from .chat_cases import ChatFigures
 from .peers import LABELS, LLAMA, OPENVINO, PIBLOOM
-from .soak import SoakFigures
+from .soak import SOAK_MINUTES, SoakFigures
 from .stats import LevelStats, ratio
 
 MIB = 1024 * 1024
@@ -118,7 +118,7 @@ def compute_targets(report: BenchReport) -> list[Target]:
     mine = report.peer(PIBLOOM)
     idle = mine.idle_rss_bytes / MB if mine and mine.idle_rss_bytes else None
     soak = report.soak if report.soak and report.soak.samples else None
-    minutes = f"{soak.minutes:g}" if soak else "10"
+    minutes = f"{report.soak.minutes if report.soak else SOAK_MINUTES:g}"
     return [
         _target("c=1 tok/s vs llama-server (x)", vs(LLAMA, 1), 1.0),
         _target("c=16 tok/s vs llama-server (x)", vs(LLAMA, 16), 1.5),

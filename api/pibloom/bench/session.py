@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from .peers import (
 )
 from .prompts import WARM_PROMPTS
 from .report import BenchReport, PeerInfo, compute_ratios, compute_targets, peak_rss
-from .soak import SoakFigures, SoakSpec, soak
+from .soak import SoakFigures, SoakSpec, run_soak
 from .stats import LevelStats, summarize
 
 Echo = Callable[[str], None]
@@ -141,27 +142,30 @@ def _chat(server: RunningServer, peer: str, config: BenchConfig, echo: Echo) -> 
     return figures
 
 
-def _pibloom_chat(config: BenchConfig, echo: Echo) -> ChatFigures:
+def _fresh_pibloom(config: BenchConfig, case: str) -> contextlib.AbstractContextManager[RunningServer]:
+    """`pibloom serve` started for one case alone (its log `pibloom-<case>.log`), so that the case
+    sees a fresh server: the chat cases' first, and the soak's first minute."""
     port = free_port()
-    log = config.out_dir / "logs" / f"{PIBLOOM}-chat.log"
+    log = config.out_dir / "logs" / f"{PIBLOOM}-{case}.log"
+    return running(pibloom_launch(port, batching=True), port, log, config.ready_timeout)
+
+
+def _pibloom_chat(config: BenchConfig, echo: Echo) -> ChatFigures:
     try:
-        with running(pibloom_launch(port, batching=True), port, log, config.ready_timeout) as server:
+        with _fresh_pibloom(config, "chat") as server:
             return _chat(server, PIBLOOM, config, echo)
     except ServerStartError as exc:
         return ChatFigures(PIBLOOM, errors=[str(exc)])
 
 
 def _pibloom_soak(config: BenchConfig, echo: Echo) -> SoakFigures:
-    """The soak on a server started for it alone, so that its first minute is the server's first."""
     assert config.soak is not None
     spec = config.soak
-    port = free_port()
-    log = config.out_dir / "logs" / f"{PIBLOOM}-soak.log"
     echo(f"  {LABELS[PIBLOOM]}: soak, {spec.streams} chats of 10 to 1,200 words at a time for {spec.minutes:g} min")
     try:
-        with running(pibloom_launch(port, batching=True), port, log, config.ready_timeout) as server:
+        with _fresh_pibloom(config, "soak") as server:
             model = asyncio.run(model_id(server.base_url))
-            figures = soak(server.base_url, model, PIBLOOM, server.pid, spec)
+            figures = asyncio.run(run_soak(server.base_url, model, PIBLOOM, server.pid, spec))
     except ServerStartError as exc:
         return SoakFigures(PIBLOOM, spec.minutes, spec.settle_s, error_samples=[str(exc)])
     growth = "-" if figures.growth is None else f"{figures.growth:.2f}x"

@@ -8,7 +8,6 @@ growing buffers does not. Requests that failed (not those cut at the end) count 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 from .conversations import conversation
@@ -19,6 +18,7 @@ from .stats import ratio
 # Prompt lengths in words, in the order the requests cycle through them.
 SOAK_WORDS = (10, 400, 40, 1200, 150, 800, 60, 250)
 MAX_ERROR_SAMPLES = 3
+SOAK_MINUTES = 10.0  # the ten minutes
 
 
 def soak_prompts(words: tuple[int, ...] = SOAK_WORDS) -> tuple[str, ...]:
@@ -32,7 +32,7 @@ def soak_prompts(words: tuple[int, ...] = SOAK_WORDS) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class SoakSpec:
-    minutes: float = 10.0
+    minutes: float = SOAK_MINUTES
     streams: int = 12
     max_tokens: int = 128
     settle_s: float = 60.0  # RSS at this point is the reference
@@ -101,7 +101,3 @@ async def run_soak(base_url: str, model: str, peer: str, pid: int, spec: SoakSpe
         lost=len(lost),
         error_samples=[str(r.error) for r in lost[:MAX_ERROR_SAMPLES]],
     )
-
-
-def soak(base_url: str, model: str, peer: str, pid: int, spec: SoakSpec) -> SoakFigures:
-    return asyncio.run(run_soak(base_url, model, peer, pid, spec))
