@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     )
     quantize: Literal["auto", "none", "int4"] = Field(
         "auto",
-        description="`auto`: on a CPU serving bfloat16, models from a GGUF whose blocks are 4-bit (Q4_0/Q4_1, "
+        description="`auto`: on a CPU serving bfloat16 (or float32 on Arm, e.g. a Raspberry Pi), models from a "
+        "GGUF whose blocks are 4-bit (Q4_0/Q4_1, "
         "the embedded model among them) also keep those weights in 4 bits, and decode steps of up to "
         "`PIBLOOM_INT4_MAX_ROWS` streams use them: a third of the memory traffic. "
         "`int4`: 4-bit weights for every step and any model (CPU only; slower past a few streams, lossy on "
@@ -69,17 +70,19 @@ class Settings(BaseSettings):
     head_int8_max_rows: int = Field(
         4,
         ge=0,
-        description="With `PIBLOOM_QUANTIZE` auto or int4, on a bfloat16 CPU: forward passes of up to this many "
+        description="With `PIBLOOM_QUANTIZE` auto or int4, on a CPU serving bfloat16 (or float32 on Arm): forward "
+        "passes of up to this many "
         "tokens rank the vocabulary with an 8-bit copy of the output layer and score its best 64 candidates "
         "again from the exact weights (the greedy token is the dense path's; one stream's step ~10% faster "
         "on the embedded model, measured). 0: the dense output layer always.",
     )
-    int4_max_rows: int = Field(
-        8,
+    int4_max_rows: int | None = Field(
+        None,
         ge=1,
         description="With `PIBLOOM_QUANTIZE=auto`: the largest forward pass, in tokens (a decode step's "
-        "streams), that runs on the 4-bit weights; larger ones run dense (the embedded model's projections, "
-        "measured here: 4-bit 4x faster at one row, 1.5x at eight, even at twelve, slower from sixteen).",
+        "streams), that runs on the 4-bit weights; larger ones run dense. Default: 8 in bfloat16 (the embedded "
+        "model's projections, measured here: 4-bit 4x faster at one row, 1.5x at eight, even at twelve, slower "
+        "from sixteen), 4 in float32 on Arm (estimated; see the README's arm64 notes).",
     )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: all cores).")
     omp_spin: bool = Field(

@@ -251,22 +251,29 @@ def wants_int4(settings: Settings, device: torch.device) -> bool:
     return True
 
 
+# Default `PIBLOOM_INT4_MAX_ROWS`: where the 4-bit kernel stops beating the dense matmul. Its cost grows
+# with the rows while the dense one's stays near the weights' traffic: measured here in bfloat16 (4x
+# faster at one row, 1.5x at eight, even at twelve); estimated for float32 on a Pi's NEON cores, where
+# the dense weights are twice as wide and the kernel's unpacking costs more per row (README, arm64 notes).
+INT4_ROWS = {torch.bfloat16: 8, torch.float32: 4}
+
+
 def small_steps_int4(settings: Settings, source: ModelSource, device: torch.device, dtype: torch.dtype) -> int:
     """`PIBLOOM_QUANTIZE=auto`: the largest step (in tokens) that runs on 4-bit copies of the weights,
     0 for none. Only where that is as faithful as the dense path: weights that were 4-bit in their GGUF
-    (re-quantising recovers their levels exactly), served in bfloat16 (itself a rounding of them) on a
-    CPU with the kernel."""
-    if settings.quantize != "auto" or dtype != torch.bfloat16 or not quantize.supported(device):
+    (re-quantising recovers their levels exactly), served in bfloat16 (itself a rounding of them) or in
+    float32 (exact), on a CPU whose kernel is vectorised for that dtype (`quantize.vectorised`)."""
+    if settings.quantize != "auto" or dtype not in INT4_ROWS or not quantize.vectorised(device, dtype):
         return 0
     if source.gguf_file is None or not quantize.four_bit_gguf(Path(source.location) / source.gguf_file):
         return 0
-    return settings.int4_max_rows
+    return settings.int4_max_rows or INT4_ROWS[dtype]
 
 
 def rescored_head_rows(settings: Settings, model: Any) -> int:
     """The largest step (in tokens) whose output layer ranks the vocabulary in 8 bits and rescores its
-    best candidates exactly (`output_head`), 0 for none: with `PIBLOOM_QUANTIZE` auto or int4, on a
-    bfloat16 output layer on the CPU."""
+    best candidates exactly (`output_head`), 0 for none: with `PIBLOOM_QUANTIZE` auto or int4, on an
+    output layer on the CPU whose dtype the 8-bit kernel is vectorised for."""
     if settings.quantize == "none" or not settings.head_int8_max_rows:
         return 0
     return settings.head_int8_max_rows if output_head.supported(model.get_output_embeddings()) else 0

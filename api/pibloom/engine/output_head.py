@@ -18,16 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import quantize
+
 RESCORED = 64  # candidates scored exactly: KL 4.9e-4 at 64, 5.6e-4 at 16, 4.4e-4 at 256 (measured)
 _COLUMN_MULTIPLE = 16  # the int8 kernel crashes on hidden sizes that are not a multiple of 16
 
 
 def supported(head: nn.Module | None) -> bool:
-    """A linear output layer in bfloat16 on the CPU, of a shape the kernel takes."""
+    """A linear output layer on the CPU, in a dtype the kernel is vectorised for there (bfloat16; float32
+    on Arm), of a shape the kernel takes."""
     return (
         isinstance(head, nn.Linear)
-        and head.weight.device.type == "cpu"
-        and head.weight.dtype == torch.bfloat16
+        and quantize.vectorised(head.weight.device, head.weight.dtype)
         and head.in_features % _COLUMN_MULTIPLE == 0
         and head.out_features > RESCORED
         and hasattr(torch, "_weight_int8pack_mm")

@@ -3,6 +3,8 @@ tokens for small steps, the dense layer itself for larger ones, and only where i
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -31,11 +33,12 @@ def test_int8_levels_times_scales_are_within_half_a_level_of_each_weight() -> No
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_small_steps_get_the_dense_argmax_and_exact_logits_for_the_candidates(bias: bool) -> None:
-    linear = head(bias=bias)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_small_steps_get_the_dense_argmax_and_exact_logits_for_the_candidates(bias: bool, dtype: torch.dtype) -> None:
+    linear = head(bias=bias).to(dtype)
     rescored = RescoredHead(linear, rows=4)
     for rows in (1, 2, 4):
-        x = torch.randn(rows, 1, 64).to(torch.bfloat16)
+        x = torch.randn(rows, 1, 64).to(dtype)
         dense = F.linear(x, linear.weight, linear.bias).float()
         got = rescored(x).float()
         assert got.shape == dense.shape
@@ -66,9 +69,14 @@ def test_larger_steps_and_other_dtypes_use_the_dense_layer() -> None:
     assert torch.equal(rescored(prompt), F.linear(prompt, linear.weight))
 
 
-def test_only_bfloat16_cpu_layers_of_a_shape_the_kernel_takes() -> None:
+def test_only_cpu_layers_of_a_dtype_and_shape_the_kernel_takes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert supported(head())
-    assert not supported(head().float())
+    assert platform.machine() not in {"aarch64", "arm64"}
+    assert not supported(head().float())  # x86 builds run the 8-bit kernel in float32 as a scalar loop
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert supported(head().float())  # their NEON version takes float32 (a Pi serves float32)
+    assert not supported(head().half())
+    monkeypatch.undo()
     assert not supported(head(hidden=40))  # the kernel needs hidden sizes in multiples of 16
     assert not supported(head(vocab=RESCORED))  # nothing to save: every token would be rescored
     assert not supported(nn.Embedding(1000, 64).to(torch.bfloat16))
@@ -105,3 +113,19 @@ async def test_served_bfloat16_model_decodes_as_with_the_dense_output_layer(
         assert rescored.forward.head is rescored.model.lm_head  # the lean pass calls it
     alone = await engine_greedy(rescored, batched=False)
     assert alone == await engine_greedy(rescored) == await engine_greedy(dense, batched=False)
+
+
+@pytest.mark.parametrize("model", ["llama", "bloom"])
+async def test_served_float32_model_on_arm_decodes_as_with_the_dense_output_layer(
+    model: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Pi serves float32: there the output layer is ranked in 8 bits too, with the same greedy tokens."""
+    settings: Settings = request.getfixturevalue("tiny_llama_settings" if model == "llama" else "tiny_settings")
+    assert settings.dtype == "float32"
+    dense = load_model(settings)
+    assert isinstance(dense.model.lm_head, nn.Linear) and dense.head_int8_rows == 0  # x86: dense in float32
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    rescored = load_model(settings)
+    assert isinstance(rescored.model.lm_head, RescoredHead) and rescored.head_int8_rows == 4
+    assert rescored.model.lm_head.scales.dtype == torch.float32
+    assert await engine_greedy(rescored) == await engine_greedy(dense, batched=False)

@@ -3,6 +3,7 @@ output stays equal to transformers' `generate` on the same quantised model."""
 
 from __future__ import annotations
 
+import platform
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from torch import nn
 from pibloom.engine import loader
 from pibloom.engine.llama_forward import _projection
 from pibloom.engine.loader import LoadedModel, ModelSource, load_model, small_steps_int4
-from pibloom.engine.quantize import GROUP, Int4Linear, four_bit_gguf, quantize_fused, quantize_int4
+from pibloom.engine.quantize import GROUP, Int4Linear, four_bit_gguf, quantize_fused, quantize_int4, vectorised
 from pibloom.settings import Settings
 
 from generation import PROMPTS, engine_greedy, ids, reference
@@ -148,12 +149,56 @@ def test_auto_keeps_4_bit_copies_only_of_4_bit_gguf_weights_served_in_bfloat16_o
     settings, cpu, bf16 = tiny_llama_settings, torch.device("cpu"), torch.bfloat16
     gguf = ModelSource("gguf", str(tmp_path), "q4_1.gguf", "q4_1")
     assert settings.quantize == "auto"
-    assert small_steps_int4(settings, gguf, cpu, bf16) == settings.int4_max_rows == 8
+    assert small_steps_int4(settings, gguf, cpu, bf16) == loader.INT4_ROWS[bf16] == 8
     assert small_steps_int4(settings.model_copy(update={"int4_max_rows": 3}), gguf, cpu, bf16) == 3
-    # Not where it would be less faithful than the dense path, nor where it cannot run.
+    # Not where it would be less faithful than the dense path, nor where it cannot run (or only slowly:
+    # float32 on x86, this machine, whose torch has a scalar loop for it).
+    assert platform.machine() not in {"aarch64", "arm64"}
     assert small_steps_int4(settings, gguf, cpu, torch.float32) == 0
+    assert small_steps_int4(settings, gguf, cpu, torch.float16) == 0
     assert small_steps_int4(settings, replace(gguf, gguf_file="f16.gguf"), cpu, bf16) == 0
     assert small_steps_int4(settings, ModelSource("folder", str(tmp_path), None, "hf"), cpu, bf16) == 0
     assert small_steps_int4(settings, gguf, torch.device("cuda"), bf16) == 0
     for mode in ("none", "int4"):
         assert small_steps_int4(settings.model_copy(update={"quantize": mode}), gguf, cpu, bf16) == 0
+
+
+def test_the_kernels_count_as_vectorised_for_bfloat16_anywhere_and_float32_only_on_arm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for machine, float32 in [("x86_64", False), ("AMD64", False), ("aarch64", True), ("arm64", True)]:
+        monkeypatch.setattr(platform, "machine", lambda machine=machine: machine)
+        assert vectorised(cpu, torch.bfloat16)
+        assert vectorised(cpu, torch.float32) == float32
+        assert not vectorised(cpu, torch.float16)
+        assert not vectorised(cuda, torch.bfloat16) and not vectorised(cuda, torch.float32)
+
+
+def test_on_arm_auto_serves_small_float32_steps_from_4_bit_copies_of_4_bit_gguf_weights(
+    tmp_path: Path, tiny_llama_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Raspberry Pi has no bfloat16: it serves float32, where the 4-bit copies are exact, so `auto` uses
+    them for small steps there too (fewer of them than in bfloat16 by default)."""
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    gguf = ModelSource("gguf", str(tmp_path), "q4_1.gguf", "q4_1")
+    write_gguf(tmp_path / "q4_1.gguf", GGMLQuantizationType.Q4_1)
+    write_gguf(tmp_path / "f16.gguf", GGMLQuantizationType.F16)
+    settings, cpu = tiny_llama_settings, torch.device("cpu")
+    assert settings.int4_max_rows is None
+    assert small_steps_int4(settings, gguf, cpu, torch.float32) == loader.INT4_ROWS[torch.float32] == 4
+    assert small_steps_int4(settings, gguf, cpu, torch.bfloat16) == loader.INT4_ROWS[torch.bfloat16] == 8
+    assert small_steps_int4(settings.model_copy(update={"int4_max_rows": 2}), gguf, cpu, torch.float32) == 2
+    assert small_steps_int4(settings, replace(gguf, gguf_file="f16.gguf"), cpu, torch.float32) == 0
+    assert small_steps_int4(settings.model_copy(update={"quantize": "none"}), gguf, cpu, torch.float32) == 0
+
+
+def test_float32_4_bit_copies_of_a_4_bit_grid_are_exact_to_float32_rounding() -> None:
+    """In float32 the kernel's scales and zeros are float32: no rounding of them, unlike bfloat16's."""
+    weight = q4_1_weight(192, 256, seed=3)
+    x = torch.randn(4, 256)
+    four_bit = Int4Linear.from_linear(linear(weight))
+    assert four_bit.scales_zeros.dtype == torch.float32
+    assert torch.allclose(four_bit(x), x @ weight.T, rtol=1e-5, atol=1e-5)
+    in_bf16 = Int4Linear.from_linear(linear(weight).to(torch.bfloat16))
+    assert not torch.allclose(in_bf16(x.bfloat16()).float(), x @ weight.T, rtol=1e-5, atol=1e-5)
