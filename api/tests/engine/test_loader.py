@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 from pathlib import Path
 
@@ -159,3 +160,19 @@ def test_embedded_default_needs_only_the_package_index() -> None:
     with torch.inference_mode():
         out = loaded.model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in loaded.tokenizer.decode(out[0, ids.shape[1] :])
+
+
+def test_auto_dtype_is_float32_on_arm_even_where_emulation_shows_the_hosts_x86_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under qemu-user an arm64 container reads the x86 host's /proc/cpuinfo (AMX here): the machine
+    decides first, so an emulated arm64 api serves float32 as a Pi does."""
+    flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    on_this_host = "avx512_bf16" in flags or "amx_bf16" in flags
+    auto, cpu = settings(tmp_path, dtype="auto"), torch.device("cpu")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert loader.cpu_supports_bf16() == on_this_host
+    assert loader.choose_dtype(auto, cpu) == (torch.bfloat16 if on_this_host else torch.float32)
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert not loader.cpu_supports_bf16()
+    assert loader.choose_dtype(auto, cpu) == torch.float32
