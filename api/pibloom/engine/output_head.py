@@ -5,8 +5,9 @@ A decode step of one stream multiplies one hidden state by the whole output matr
 BLOOM-560m 250,880 x 1,024, 514 MB. torch's int8 weight kernel reads half of that, but per-row int8
 scales cost fidelity on their own (next-token KL against the exact weights 1.4e-3 against bfloat16's
 3.7e-4, and 3 of 113 greedy tokens changed, measured on the embedded model). So the 8-bit product
-only ranks the vocabulary: its best `RESCORED` candidates are scored again from the bfloat16 weights,
-and those exact logits replace the approximate ones. The greedy token is then the dense path's
+only ranks the vocabulary: its best `RESCORED` candidates are scored again from the dense weights
+(bfloat16, or float32 on Arm, where a Pi reads 113 MB for this layer against 28 MB in 8 bits), and
+those exact logits replace the approximate ones. The greedy token is then the dense path's
 whenever it is among the candidates (113 of 113 measured; the approximation's error is a small
 fraction of the gap to the 64th token), and sampling draws from exact logits for every token with
 any real probability. Past a few rows the dense matmul is as fast (`rows`).
