@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from statistics import median
 
 import pytest
 from fake_api import MODEL, FakeApi, Reply
@@ -14,7 +15,6 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 from conftest import ROOT, free_port, stop, wait_ready
 
 REPLY = 'article[aria-label="piBLOOM"]'
-LONG_TASK_BOUND_MS = 200
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +91,15 @@ def long_markdown(size: int) -> str:
 
 
 INSTRUMENT = """() => {
-    const perf = (window.__perf = { longTasks: [], renders: 0, frames: 0, start: 0, done: 0 });
+    const perf = (window.__perf = { longTasks: [], renderMs: [], frames: 0, start: 0, done: 0 });
     new PerformanceObserver((list) => {
         for (const entry of list.getEntries()) perf.longTasks.push(Math.round(entry.duration));
     }).observe({ type: 'longtask' });
     new PerformanceObserver((list) => {
-        perf.renders += list.getEntries().filter((e) => e.name === 'pibloom-render').length;
-    }).observe({ type: 'mark' });
+        for (const entry of list.getEntries()) {
+            if (entry.name === 'pibloom-render') perf.renderMs.push(entry.duration);
+        }
+    }).observe({ type: 'measure' });
     new MutationObserver(() => {
         if (!perf.done && document.querySelector('article[aria-label="piBLOOM"][data-status="done"]')) {
             perf.done = performance.now();
@@ -132,24 +134,29 @@ def test_a_200_kb_reply_in_2000_chunks_renders_once_per_frame_without_long_tasks
     page.wait_for_timeout(300)  # let the observers deliver the last entries
 
     perf = page.evaluate("window.__perf")
+    renders = perf["renderMs"]
     sent = fake_api.sent[-1]
     server_s = sent.finished - sent.started
     page_s = (perf["done"] - perf["start"]) / 1000
+    # The streaming renders between the mount and the final one, first fifth against last fifth.
+    streaming = renders[1:-1]
+    fifth = max(5, len(streaming) // 5)
+    early, late = median(streaming[:fifth]), median(streaming[-fifth:])
     print(
         f"\n200 KB reply in {len(pieces)} chunks: server sent it in {server_s:.2f} s, page showed it in"
-        f" {page_s:.2f} s ({page_s / server_s:.2f}x); {perf['renders']} renders in {perf['frames']} frames;"
+        f" {page_s:.2f} s ({page_s / server_s:.2f}x); {len(renders)} renders in {perf['frames']} frames;"
+        f" median render {early:.2f} ms in the first fifth, {late:.2f} ms in the last;"
         f" long tasks (ms): {sorted(perf['longTasks'], reverse=True)[:10]}"
     )
-    # Structure, not luck: at most one render per frame (plus the mount and the final one), far
-    # fewer renders than chunks, and the main thread free most of the time. A page that re-renders the
-    # whole reply per chunk is busy nearly all of it, in long tasks that grow with the reply; on two
-    # shared cores a garbage collection or the final render of all 200 KB may still pass the bound
-    # once or twice, so single tasks are not held to it.
-    long_tasks = perf["longTasks"]
-    assert perf["renders"] <= perf["frames"] + 2
-    assert perf["renders"] < len(pieces) / 4
-    assert sum(long_tasks) < 0.5 * (perf["done"] - perf["start"]), long_tasks
-    assert len([t for t in long_tasks if t >= LONG_TASK_BOUND_MS]) <= 2, long_tasks
+    # Structure, not luck: at most one render per frame (plus the mount and the final one), far fewer
+    # renders than chunks, and a render at 200 KB costing what one at 2 KB did (a page that renders the
+    # whole reply per update pays 100x more by the end). Medians and a ratio within one run, so a slow
+    # or shared machine moves both ends alike. The main thread stays free most of the time; single long
+    # tasks are not counted, since on two shared cores a descheduled renderer stretches any task.
+    assert len(renders) <= perf["frames"] + 2
+    assert len(renders) < len(pieces) / 4
+    assert late <= 3 * early + 1.0, (early, late)
+    assert sum(perf["longTasks"]) < 0.5 * (perf["done"] - perf["start"]), perf["longTasks"]
 
     # Everything arrived, rendered as inert Markdown.
     reply = page.locator(f"{REPLY} .markdown")
