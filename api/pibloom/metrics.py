@@ -125,6 +125,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self._engine_threads = Gauge(
+            "pibloom_engine_threads",
+            "Threads torch computes with (fewer while other processes keep the cores busy).",
+            _MODEL,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.rejected = Counter(
             "pibloom_requests_rejected", "Requests refused at once, by reason.", ["reason"], registry=r
         )
@@ -210,6 +217,10 @@ class Metrics:
     @property
     def engine_up(self) -> Gauge:
         return self._engine_up.labels(self.model_name)
+
+    @property
+    def engine_threads(self) -> Gauge:
+        return self._engine_threads.labels(self.model_name)
 
     def finished(
         self,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 # Tests never reach a model hub; set before transformers / huggingface_hub read it at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# As `pibloom serve` does: spinning OpenMP threads crawl when the test servers share the cores.
+# The test servers share the cores with each other and pytest: threads that sleep between operations.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest

@@ -91,18 +91,23 @@ def test_readme_documents_every_setting() -> None:
     assert not missing, f"README.md's configuration table lacks {missing}; run `pibloom settings --markdown`"
 
 
-def test_openmp_threads_wait_passively_unless_spinning_is_asked_for() -> None:
+def test_openmp_threads_spin_unless_the_operator_tuned_them_or_asked_for_passive() -> None:
     from pibloom.engine.openmp import configure
 
     environ: dict[str, str] = {}
     configure(Settings(), environ)
-    assert environ == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert environ == {"GOMP_SPINCOUNT": "10000"}
     own = {"GOMP_SPINCOUNT": "500"}  # an operator's own tuning stays as it is
     configure(Settings(), own)
     assert own == {"GOMP_SPINCOUNT": "500"}
-    spin = {"OMP_WAIT_POLICY": "PASSIVE"}  # as the Makefile exports it
-    configure(Settings(omp_spin=True), spin)
-    assert spin == {"GOMP_SPINCOUNT": "10000"}
+    passive = {"OMP_WAIT_POLICY": "PASSIVE"}  # as the Makefile exports it for the test stack
+    configure(Settings(), passive)
+    assert passive == {"OMP_WAIT_POLICY": "PASSIVE"}
+    configure(Settings(omp_spin=True), passive)  # asked for explicitly: it wins over the environment
+    assert passive == {"GOMP_SPINCOUNT": "10000"}
+    asked: dict[str, str] = {}
+    configure(Settings(omp_spin=False), asked)
+    assert asked == {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 @pytest.mark.parametrize(("spin", "count"), [("true", "10000"), ("false", "0")])

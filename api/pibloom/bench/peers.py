@@ -1,7 +1,8 @@
 """The peers under test: each one a server process on a free loopback port, started, awaited and stopped.
 
 piBLOOM peers run `pibloom serve` from this same environment (one server for every level), at its
-serving defaults (`pibloom-spin` adds PIBLOOM_OMP_SPIN=true, as on a dedicated host); `llama-server` is
+serving defaults (`pibloom-passive` has its OpenMP threads sleep between operations with a fixed team,
+the defaults before the thread governor); `llama-server` is
 restarted per level, because its slot count (`-np`) must equal the concurrency. The OpenVINO GenAI
 peer is no server: see openvino_peer.py.
 Each server runs in its own process group so that stopping it also stops its workers.
@@ -34,19 +35,19 @@ UNSET_OPENMP = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
 # exports one) cut it from ~99 to ~40 tok/s for a single stream here. The peer runs with its defaults.
 UNSET_FOR_LLAMA = UNSET_OPENMP
 PIBLOOM = "pibloom"
-PIBLOOM_SPIN = "pibloom-spin"
+PIBLOOM_PASSIVE = "pibloom-passive"
 UNBATCHED = "unbatched"
 LLAMA = "llama-server"
 OPENVINO = "openvino"
-PEERS = (PIBLOOM, PIBLOOM_SPIN, UNBATCHED, LLAMA, OPENVINO)
-# What `make bench` measures; the spinning piBLOOM is an extra, asked for with --peers.
+PEERS = (PIBLOOM, PIBLOOM_PASSIVE, UNBATCHED, LLAMA, OPENVINO)
+# What `make bench` measures; the passive piBLOOM is an extra, asked for with --peers.
 DEFAULT_PEERS = (PIBLOOM, UNBATCHED, LLAMA, OPENVINO)
-PIBLOOM_PEERS = (PIBLOOM, PIBLOOM_SPIN, UNBATCHED)
+PIBLOOM_PEERS = (PIBLOOM, PIBLOOM_PASSIVE, UNBATCHED)
 # Peers that may be absent without failing the run (built or installed on demand, or not on this CPU).
 OPTIONAL_PEERS = (LLAMA, OPENVINO)
 LABELS = {
     PIBLOOM: "piBLOOM",
-    PIBLOOM_SPIN: "piBLOOM spinning",
+    PIBLOOM_PASSIVE: "piBLOOM passive",
     UNBATCHED: "piBLOOM unbatched",
     LLAMA: "llama.cpp llama-server",
     OPENVINO: "OpenVINO GenAI int4 (in-process)",
@@ -81,7 +82,7 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def pibloom_launch(port: int, batching: bool, spin: bool = False) -> Launch:
+def pibloom_launch(port: int, batching: bool, passive: bool = False) -> Launch:
     """`pibloom serve` from this environment; other PIBLOOM_* variables pass through, to try settings."""
     env = {
         "PIBLOOM_HOST": "127.0.0.1",
@@ -90,9 +91,10 @@ def pibloom_launch(port: int, batching: bool, spin: bool = False) -> Launch:
         "PIBLOOM_BATCHING": "true" if batching else "false",
         "PIBLOOM_LOG_LEVEL": "warning",
     }
-    if spin:
-        # llama-server's OpenMP threads spin between operations by default; this peer's do too.
-        env["PIBLOOM_OMP_SPIN"] = "true"
+    if passive:
+        # The defaults before the thread governor: threads sleep between operations, the team is fixed.
+        env["PIBLOOM_OMP_SPIN"] = "false"
+        env["PIBLOOM_ADAPTIVE_THREADS"] = "false"
     unset = UNSET_FOR_PIBLOOM + UNSET_OPENMP
     return Launch([sys.executable, "-m", "pibloom.cli", "serve"], env, "/health/ready", unset)
 

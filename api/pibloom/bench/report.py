@@ -260,8 +260,10 @@ def render_text(report: BenchReport) -> str:
         for sample in s.error_samples:
             parts.append(f"{LABELS.get(s.peer, s.peer)} c={s.concurrency}: {s.errors} failed, e.g. {sample}")
     parts.append(
-        "piBLOOM runs at its serving defaults (what `pibloom serve` does with no settings: OpenMP threads wait "
-        "passively); 'piBLOOM spinning' adds PIBLOOM_OMP_SPIN=true, as llama-server's threads spin by default."
+        "piBLOOM runs at its serving defaults (what `pibloom serve` does with no settings: OpenMP threads spin "
+        "between operations, as llama-server's do, and the team shrinks while other processes keep the cores "
+        "busy); 'piBLOOM passive' has them sleep between operations with a fixed team (PIBLOOM_OMP_SPIN=false, "
+        "PIBLOOM_ADAPTIVE_THREADS=false)."
     )
     inherited = {k: v for k, v in report.config.get("pibloom_env", {}).items() if k != "PIBLOOM_CACHE_DIR"}
     if inherited:

@@ -22,7 +22,7 @@ from .peers import (
     LLAMA,
     OPENVINO,
     PIBLOOM,
-    PIBLOOM_SPIN,
+    PIBLOOM_PASSIVE,
     UNBATCHED,
     UNSET_FOR_PIBLOOM,
     Launch,
@@ -75,7 +75,7 @@ class BenchConfig:
 
 def inherited_settings() -> dict[str, str]:
     """The PIBLOOM_* variables the piBLOOM peers inherit (the ones the bench sets itself left out)."""
-    own = set(pibloom_launch(0, True, spin=True).env) | set(UNSET_FOR_PIBLOOM)
+    own = set(pibloom_launch(0, True, passive=True).env) | set(UNSET_FOR_PIBLOOM)
     return {k: v for k, v in sorted(os.environ.items()) if k.startswith("PIBLOOM_") and k not in own}
 
 
@@ -175,7 +175,7 @@ def _pibloom_soak(config: BenchConfig, echo: Echo) -> SoakFigures:
 
 def _pibloom_peer(peer: str, config: BenchConfig, echo: Echo) -> tuple[PeerInfo, list[LevelStats]]:
     port = free_port()
-    launch = pibloom_launch(port, batching=peer != UNBATCHED, spin=peer == PIBLOOM_SPIN)
+    launch = pibloom_launch(port, batching=peer != UNBATCHED, passive=peer == PIBLOOM_PASSIVE)
     deadline = config.unbatched_timeout if peer == UNBATCHED else config.level_timeout
     echo(f"starting {LABELS[peer]} (log: {config.out_dir / 'logs' / f'{peer}.log'})")
     levels = []

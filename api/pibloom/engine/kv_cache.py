@@ -71,13 +71,23 @@ class SlotLayer(DynamicLayer):
         self.is_initialized = True
 
     def _allocate(self, rows: int, columns: int) -> None:
-        keys = torch.zeros((rows, self.heads, columns, self.key_dim), dtype=self.dtype, device=self.device)
-        values = torch.zeros((rows, self.heads, columns, self.value_dim), dtype=self.dtype, device=self.device)
-        if self.keys is not None and self.capacity:
-            r, c = min(rows, self.row_capacity), min(columns, self.capacity)
-            keys[:r, :, :c] = self.keys[:r, :, :c]
-            values[:r, :, :c] = self.values[:r, :, :c]
+        keys = self._resized(self.keys, rows, columns, self.key_dim)
+        values = self._resized(self.values, rows, columns, self.value_dim)
         self.keys, self.values, self.capacity, self.row_capacity = keys, values, columns, rows
+
+    def _resized(self, old: torch.Tensor | None, rows: int, columns: int, dim: int) -> torch.Tensor:
+        """A buffer of the new size holding what `old` held; the rest zeroed (masked columns are read
+        by attention with weight 0, so they must hold finite numbers). Only what is not copied is
+        zeroed: under load, rows come and go all the time and these copies are the engine's largest
+        memory traffic after the weights."""
+        new = torch.empty((rows, self.heads, columns, dim), dtype=self.dtype, device=self.device)
+        r = c = 0
+        if old is not None and self.capacity:
+            r, c = min(rows, self.row_capacity), min(columns, self.capacity)
+            new[:r, :, :c] = old[:r, :, :c]
+        new[:r, :, c:] = 0
+        new[r:] = 0
+        return new
 
     def reserve(self, columns: int, rows: int = 0) -> None:
         """Grow to hold `columns` and `rows`: columns by a quarter (at least 64), so that a row growing by
@@ -104,7 +114,11 @@ class SlotLayer(DynamicLayer):
             return
         want_rows = _rows_for(self.state.rows, 0, self.max_rows)
         want_columns = max(MIN_COLUMNS, self.state.length + MIN_COLUMNS)
-        if self.row_capacity > want_rows or self.capacity > want_columns * 5 // 4:
+        # Spare rows stay until half of them are empty: under a steady load rows leave and join one at
+        # a time, and reallocating at each copies every layer's buffers (admission counts the rows
+        # held, so they stay within the budget).
+        spare_rows = self.state.rows * 2 <= self.row_capacity and self.row_capacity > want_rows
+        if spare_rows or self.capacity > want_columns * 5 // 4:
             self._allocate(min(self.row_capacity, want_rows), min(self.capacity, want_columns))
 
     def update(
@@ -172,14 +186,20 @@ class SlotCache(Cache):
     def advance(self, columns: int) -> None:
         self.state.length += columns
 
-    def insert(self, row: int, prefill: Cache, src_row: int, size: int) -> None:
+    @property
+    def row_capacity(self) -> int:
+        """Rows the buffers hold room for (spare ones included)."""
+        return self.layers[0].row_capacity
+
+    def insert(self, row: int, prefill: Cache, src_row: int, size: int, rows: int = 0) -> None:
         """Copy the last `size` columns of `src_row` of a prefill cache into `row`, right-aligned at
-        the current length (the caller shifts the lane first when the prompt is longer)."""
+        the current length (the caller shifts the lane first when the prompt is longer). `rows`: how
+        many rows the lane is about to hold (more are joining), so the buffers grow once for them all."""
         length = self.state.length
         for layer, src in zip(self.layers, prefill.layers, strict=True):
             if not layer.is_initialized:
                 layer.lazy_initialization(src.keys, src.values)
-            layer.reserve(length, row + 1)
+            layer.reserve(length, max(row + 1, rows))
             layer.keys[row, :, length - size : length] = src.keys[src_row, :, -size:]
             layer.values[row, :, length - size : length] = src.values[src_row, :, -size:]
             if length > size:

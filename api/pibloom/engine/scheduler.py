@@ -35,6 +35,7 @@ from .memory import kv_bytes_per_token
 from .prefix_cache import PrefixCache, PrefixHit
 from .request import Event, FinishReason, Request, SamplingParams, TokenLogprob
 from .sampling import make_generator, sample_batch, token_logprobs
+from .threads import ThreadGovernor
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,12 @@ class Engine:
         metrics: Metrics | None = None,
         prefix_cache_bytes: int = 0,
         kv_budget_bytes: int | None = None,
+        threads: ThreadGovernor | None = None,
     ) -> None:
+        """`threads`: sizes torch's thread team from the inference thread's share of a core (None: the
+        team stays as it is)."""
         self.loaded = loaded
+        self.threads = threads
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.max_rows = max_batch_size if batching else 1
@@ -282,7 +287,7 @@ class Engine:
                         self._admit()
                         self._publish()
                     try:
-                        self._iteration()
+                        self._timed_iteration()
                     except Exception as exc:  # a bad batch must not take the thread down
                         log.exception("inference step failed")
                         self._fail_all(f"inference failed: {type(exc).__name__}")
@@ -300,6 +305,17 @@ class Engine:
                 self._publish()
                 self._cond.notify_all()
             raise
+
+    def _timed_iteration(self) -> None:
+        if self.threads is None:
+            self._iteration()
+            return
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            self._iteration()
+        finally:
+            self.threads.record(time.perf_counter() - wall, time.thread_time() - cpu)
+            self.metrics.engine_threads.set(self.threads.threads)
 
     def _drop_cancelled_waiting(self) -> None:
         if any(r.cancelled for r in self._waiting):
@@ -344,26 +360,33 @@ class Engine:
         return max(0, min(request.params.max_tokens - generated, context_left))
 
     def _projected_slots(self, newcomer: Request) -> int:
-        lanes: list[list[int]] = []  # per lane: rows, length now, length when its last row may end
+        scored, lanes = self._project([newcomer])
+        return scored + sum(allocation_bound(max(rows, held), final, self.max_rows) for rows, _, final, held in lanes)
+
+    def _project(self, newcomers: list[Request]) -> tuple[int, list[list[int]]]:
+        """The prefilling requests and `newcomers` placed in the lanes as `_lane_for` will place them:
+        the prompt slots of scoring requests, and per lane [rows, length now, length when its last row
+        may end, rows its buffers hold room for]."""
+        lanes: list[list[int]] = []
         for lane in self._lanes:
             length = lane.cache.length
             final = max((length + self._remaining(s.request, len(s.output_ids)) for s in lane.seqs), default=0)
-            lanes.append([len(lane.seqs), length if lane.seqs else 0, final])
+            lanes.append([len(lane.seqs), length if lane.seqs else 0, final, lane.cache.row_capacity])
         scored = 0
-        for request in [s.request for s in self._prefilling] + [newcomer]:
+        for request in [s.request for s in self._prefilling] + newcomers:
             size, n = len(request.prompt_ids), request.params.n
             if request.params.score_only:  # its prefill cache only: it never joins a lane
                 scored += size
                 continue
             end = size + self._remaining(request, 0)
-            lane = lanes[_choose_lane([(rows, length) for rows, length, _ in lanes], size)]
-            rows, length, final = lane
+            lane = lanes[_choose_lane([(rows, length) for rows, length, _, _ in lanes], size)]
+            rows, length, final, held = lane
             if not rows:
-                lane[:] = [n, size, end]
+                lane[:] = [n, size, end, held]
                 continue
             grown = max(length, size)
-            lane[:] = [rows + n, grown, max(final + grown - length, end + grown - size)]
-        return scored + sum(allocation_bound(rows, final, self.max_rows) for rows, _, final in lanes)
+            lane[:] = [rows + n, grown, max(final + grown - length, end + grown - size), held]
+        return scored, lanes
 
     def _rows_held(self) -> int:
         """Batch rows taken or promised: a request with n choices needs n rows once prefilled."""
@@ -560,7 +583,10 @@ class Engine:
             cache.shift(grow)
             for other in lane.seqs:
                 other.start += grow
-        cache.insert(len(lane.seqs), prefill_cache, src_row, size)
+        # The rows still prefilling that will join this lane too: its buffers grow once for all of
+        # them, not by two rows at each join (as admission projected, so within the budget).
+        coming = self._project([])[1][self._lanes.index(lane)][0] - len(lane.seqs)
+        cache.insert(len(lane.seqs), prefill_cache, src_row, size, rows=len(lane.seqs) + 1 + coming)
         seq.start = cache.length - size
         seq.next_token = token
         lane.seqs.append(seq)

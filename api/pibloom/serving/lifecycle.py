@@ -10,9 +10,12 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+import torch
+
 from ..engine.loader import LoadedModel, load_model
 from ..engine.memory import container_memory_limit, kv_budget, resident_bytes
 from ..engine.scheduler import Engine
+from ..engine.threads import ThreadGovernor
 from ..metrics import Metrics
 from ..settings import Settings
 from .errors import ErrorKind, ServingError, unavailable
@@ -89,7 +92,16 @@ class ModelHost:
             metrics=self.metrics,
             prefix_cache_bytes=s.prefix_cache_mb * 2**20,
             kv_budget_bytes=kv_budget(s.kv_cache_mb, s.prefix_cache_mb, container_memory_limit(), resident_bytes()),
+            threads=self._governor(),
         )
+
+    def _governor(self) -> ThreadGovernor | None:
+        """Sizes torch's thread team from the inference thread's share of a core, unless the operator
+        fixed the count (`PIBLOOM_THREADS`). Called on the inference thread, whose team it sizes."""
+        most = torch.get_num_threads()
+        if not self.settings.adaptive_threads or self.settings.threads or most < 2:
+            return None
+        return ThreadGovernor(most, torch.set_num_threads)
 
     def _attached(self, engine: Engine) -> None:
         loaded = engine.loaded

@@ -22,8 +22,8 @@ def test_parse_levels() -> None:
 
 def test_parse_peers_keeps_the_canonical_order() -> None:
     assert parse_peers("openvino,llama-server, PIBLOOM") == ["pibloom", "llama-server", "openvino"]
-    assert parse_peers("pibloom-spin,pibloom") == ["pibloom", "pibloom-spin"]
-    with pytest.raises(click.BadParameter, match=r"unknown peer.*piboom.*choose from pibloom, pibloom-spin, unbatched"):
+    assert parse_peers("pibloom-passive,pibloom") == ["pibloom", "pibloom-passive"]
+    with pytest.raises(click.BadParameter, match=r"unknown peer.*piboom.*from pibloom, pibloom-passive, unbatched"):
         parse_peers("piboom")
     with pytest.raises(click.BadParameter):
         parse_peers(" , ")

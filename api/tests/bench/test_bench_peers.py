@@ -140,12 +140,13 @@ def test_launch_commands(tmp_path: Path) -> None:
     assert "--kv-unified" in llama_launch(tmp_path, tmp_path, 1, 1, 1, unified_kv=True).argv
 
 
-def test_pibloom_runs_at_its_serving_defaults_unless_spinning_is_asked_for() -> None:
+def test_pibloom_runs_at_its_serving_defaults_unless_the_passive_peer_is_asked_for() -> None:
     default = pibloom_launch(8123, batching=True)
-    assert "PIBLOOM_OMP_SPIN" not in default.env
+    assert not {"PIBLOOM_OMP_SPIN", "PIBLOOM_ADAPTIVE_THREADS"} & set(default.env)
     # the Makefile's passive policy for its tests must not reach the "defaults" peer either
     assert {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS"} <= set(default.unset)
-    assert pibloom_launch(8123, batching=True, spin=True).env["PIBLOOM_OMP_SPIN"] == "true"
+    passive = pibloom_launch(8123, batching=True, passive=True).env
+    assert passive["PIBLOOM_OMP_SPIN"] == passive["PIBLOOM_ADAPTIVE_THREADS"] == "false"
 
 
 def test_llama_server_for_the_chat_cases_has_room_for_the_long_conversation(tmp_path: Path) -> None:

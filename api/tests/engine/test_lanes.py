@@ -8,7 +8,7 @@ import asyncio
 import torch
 from transformers import DynamicCache
 
-from pibloom.engine.kv_cache import SlotCache
+from pibloom.engine.kv_cache import SlotCache, SlotLayer
 from pibloom.engine.loader import LoadedModel
 from pibloom.engine.scheduler import Engine
 
@@ -46,6 +46,59 @@ def test_buffers_grow_with_the_rows_and_shrink_when_a_long_row_leaves() -> None:
     cache.fit()
     assert layer.row_capacity == 1
     assert torch.equal(cache.buffers(0, 9)[0][0, :, :20], cache.layers[0].keys[0, :, :20])
+
+
+def test_rows_joining_together_grow_the_buffers_once_and_spare_rows_stay_until_half_are_empty() -> None:
+    cache = SlotCache(2, max_rows=32)
+    cache.reset(20)
+    cache.insert(0, prefill_cache(2, 1, 20), 0, 20, rows=12)  # eleven more are on their way
+    layer = cache.layers[0]
+    buffers = layer.keys
+    assert layer.row_capacity == 12
+    for row in range(1, 12):
+        cache.insert(row, prefill_cache(2, 1, 20), 0, 20)
+    assert layer.keys is buffers  # no reallocation (and no copy) while they joined
+    kept = layer.keys[3, :, :20].clone()
+    # Rows leave and join one at a time under a steady load: the buffers stay as long as half are used.
+    cache.set_rows(7)
+    cache.fit()
+    assert layer.keys is buffers
+    cache.set_rows(6)
+    cache.fit()
+    assert layer.row_capacity == 6 and layer.keys is not buffers
+    assert torch.equal(layer.keys[3, :, :20], kept)  # what stayed was copied over
+    cache.set_rows(6)
+    cache.insert(6, prefill_cache(2, 1, 20), 0, 20)  # one more row: two new ones, zeroed
+    assert layer.row_capacity == 8
+    assert torch.count_nonzero(layer.keys[7]) == 0 and torch.count_nonzero(layer.keys[:6, :, 20:]) == 0
+
+
+async def test_a_prefill_group_joins_one_lane_with_one_allocation(tiny_llama: LoadedModel) -> None:
+    engine = Engine(tiny_llama, max_batch_size=8, max_queue=8, prefill_chunk=512)
+    sizes: list[int] = []
+    allocate = SlotLayer._allocate
+
+    def counted(layer: SlotLayer, rows: int, columns: int) -> None:
+        if layer is engine._lanes[0].cache.layers[0]:
+            sizes.append(rows)
+        allocate(layer, rows, columns)
+
+    SlotLayer._allocate = counted  # type: ignore[method-assign]
+    engine.start()
+    try:
+        prompts = [ids(tiny_llama, f"Tell me about the number {i}") for i in range(6)]
+        await asyncio.gather(*(engine_run(engine, p) for p in prompts))
+    finally:
+        SlotLayer._allocate = allocate  # type: ignore[method-assign]
+        engine.shutdown(10)
+    # Six prompts of one length, prefilled as one group: the lane is sized for all six at the first join
+    # (rows grown two at a time took three allocations).
+    assert sizes[0] == 6
+
+
+async def engine_run(engine: Engine, prompt: list[int]) -> list[int]:
+    tokens, _, _ = await run(engine, prompt, greedy(4))
+    return tokens
 
 
 async def test_a_long_row_decodes_in_its_own_lane_and_every_row_stays_exact(tiny_llama: LoadedModel) -> None:

@@ -1,0 +1,80 @@
+"""How many threads torch computes with, chosen by watching the inference thread.
+
+torch's OpenMP threads are fastest spinning between operations while they have the cores to
+themselves: on the embedded model, two spinning threads served one stream at 74 tok/s where they
+slept between operations at 38, and 16 streams at 361 against 242. But a spinning team loses its
+cores to any other busy process, and then every operation waits for a descheduled member: with one
+CPU-bound process beside it, the same server fell to 18 and 141 tok/s. One thread has no team to
+wait for: 58 and 263 alone, 55 and 258 beside that process (all measured on 2 cores, served).
+
+So the team shrinks while the inference thread is not getting its core. Each window of engine work,
+the thread's CPU time is compared with the wall time it took; when others keep it waiting (below
+`busy` of the window), the team loses a thread. With fewer threads than cores, a probe puts one back
+after `probe_s` of work: kept when the thread then gets its core, undone otherwise, and the next probe
+waits twice as long (up to `max_probe_s`), so a lasting neighbour costs a short window now and then.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+class ThreadGovernor:
+    def __init__(
+        self,
+        most: int,
+        set_threads: Callable[[int], None],
+        *,
+        window_s: float = 0.5,
+        busy: float = 0.75,
+        probe_s: float = 5.0,
+        max_probe_s: float = 80.0,
+    ) -> None:
+        if most < 1:
+            raise ValueError(f"most must be at least 1, not {most}")
+        self.most = self.threads = most
+        self._set_threads = set_threads
+        self.window_s, self.busy = window_s, busy
+        self.probe_s, self.max_probe_s = probe_s, max_probe_s
+        self._wait = probe_s  # engine work before the next probe
+        self._since_change = 0.0
+        self._probing = False
+        self._wall = self._cpu = 0.0
+
+    def record(self, wall_s: float, cpu_s: float) -> None:
+        """One iteration of engine work: its wall time and the inference thread's CPU time in it."""
+        self._wall += wall_s
+        self._cpu += cpu_s
+        self._since_change += wall_s
+        if self._wall < self.window_s:
+            return
+        share = self._cpu / self._wall
+        self._wall = self._cpu = 0.0
+        if share < self.busy and self.threads > 1:
+            if self._probing:  # the thread put back did not get a core: the next probe waits longer
+                self._wait = min(self._wait * 2, self.max_probe_s)
+            self._change(self.threads - 1, share)
+        elif self._probing:  # the probe held: the next one comes at the base interval
+            self._wait = self.probe_s
+            self._probing = False
+        elif self.threads < self.most and self._since_change >= self._wait:
+            self._probing = True
+            self._change(self.threads + 1, share)
+
+    def _change(self, threads: int, share: float) -> None:
+        # Probes and their undoing are routine under a lasting neighbour: only the first drop is news.
+        quiet = self._probing or threads > self.threads
+        if threads < self.threads:
+            self._probing = False
+        (log.debug if quiet else log.info)(
+            "inference thread got %.0f%% of a core: computing with %d thread(s) instead of %d",
+            share * 100,
+            threads,
+            self.threads,
+        )
+        self.threads = threads
+        self._since_change = 0.0
+        self._set_threads(threads)
