@@ -42,6 +42,9 @@ if command -v docker >/dev/null 2>&1 && timeout 20 docker info >/dev/null 2>&1 \
 else
     need=()
     command -v podman >/dev/null 2>&1 || need+=(podman runc netavark aardvark-dns fuse-overlayfs)
+    # netavark sets up the published ports and the bridge with iptables, which podman only recommends:
+    # without it every container start fails with "netavark: No such file or directory".
+    command -v iptables >/dev/null 2>&1 || need+=(iptables)
     command -v catatonit >/dev/null 2>&1 || need+=(catatonit) # podman kube play's pause image
     command -v podman-compose >/dev/null 2>&1 || need+=(podman-compose)
     command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
