@@ -315,7 +315,6 @@ class Engine:
             self._iteration()
         finally:
             self.threads.record(time.perf_counter() - wall, time.thread_time() - cpu)
-            self.metrics.engine_threads.set(self.threads.threads)
 
     def _drop_cancelled_waiting(self) -> None:
         if any(r.cancelled for r in self._waiting):
@@ -585,8 +584,9 @@ class Engine:
                 other.start += grow
         # The rows still prefilling that will join this lane too: its buffers grow once for all of
         # them, not by two rows at each join (as admission projected, so within the budget).
-        coming = self._project([])[1][self._lanes.index(lane)][0] - len(lane.seqs)
-        cache.insert(len(lane.seqs), prefill_cache, src_row, size, rows=len(lane.seqs) + 1 + coming)
+        _, projected = self._project([])
+        rows = projected[self._lanes.index(lane)][0]  # the lane's rows once the others have joined
+        cache.insert(len(lane.seqs), prefill_cache, src_row, size, rows=rows + 1)
         seq.start = cache.length - size
         seq.next_token = token
         lane.seqs.append(seq)

@@ -101,7 +101,14 @@ class ModelHost:
         most = torch.get_num_threads()
         if not self.settings.adaptive_threads or self.settings.threads or most < 2:
             return None
-        return ThreadGovernor(most, torch.set_num_threads)
+        gauge = self.metrics.engine_threads
+
+        def resize(threads: int) -> None:  # the gauge moves with the team, not at every step
+            torch.set_num_threads(threads)
+            gauge.set(threads)
+
+        gauge.set(most)
+        return ThreadGovernor(most, resize)
 
     def _attached(self, engine: Engine) -> None:
         loaded = engine.loaded

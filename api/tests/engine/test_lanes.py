@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import torch
 from transformers import DynamicCache
 
@@ -67,13 +68,14 @@ def test_rows_joining_together_grow_the_buffers_once_and_spare_rows_stay_until_h
     cache.fit()
     assert layer.row_capacity == 6 and layer.keys is not buffers
     assert torch.equal(layer.keys[3, :, :20], kept)  # what stayed was copied over
-    cache.set_rows(6)
     cache.insert(6, prefill_cache(2, 1, 20), 0, 20)  # one more row: two new ones, zeroed
     assert layer.row_capacity == 8
     assert torch.count_nonzero(layer.keys[7]) == 0 and torch.count_nonzero(layer.keys[:6, :, 20:]) == 0
 
 
-async def test_a_prefill_group_joins_one_lane_with_one_allocation(tiny_llama: LoadedModel) -> None:
+async def test_a_prefill_group_joins_one_lane_with_one_allocation(
+    tiny_llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine = Engine(tiny_llama, max_batch_size=8, max_queue=8, prefill_chunk=512)
     sizes: list[int] = []
     allocate = SlotLayer._allocate
@@ -83,22 +85,16 @@ async def test_a_prefill_group_joins_one_lane_with_one_allocation(tiny_llama: Lo
             sizes.append(rows)
         allocate(layer, rows, columns)
 
-    SlotLayer._allocate = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(SlotLayer, "_allocate", counted)
     engine.start()
     try:
         prompts = [ids(tiny_llama, f"Tell me about the number {i}") for i in range(6)]
-        await asyncio.gather(*(engine_run(engine, p) for p in prompts))
+        await asyncio.gather(*(run(engine, p, greedy(4)) for p in prompts))
     finally:
-        SlotLayer._allocate = allocate  # type: ignore[method-assign]
         engine.shutdown(10)
     # Six prompts of one length, prefilled as one group: the lane is sized for all six at the first join
     # (rows grown two at a time took three allocations).
     assert sizes[0] == 6
-
-
-async def engine_run(engine: Engine, prompt: list[int]) -> list[int]:
-    tokens, _, _ = await run(engine, prompt, greedy(4))
-    return tokens
 
 
 async def test_a_long_row_decodes_in_its_own_lane_and_every_row_stays_exact(tiny_llama: LoadedModel) -> None:
