@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .constraints import GrammarState
+from .constraints import GrammarState, allowed_tokens
 from .request import SamplingParams
 
 
@@ -29,7 +29,8 @@ class RowShaper:
             self.bias = torch.tensor(ids, dtype=torch.long), torch.tensor(values, dtype=torch.float32)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """`logits`: this row's float32 vector (modified in place and returned)."""
+        """`logits`: this row's float32 vector (modified in place and returned). The grammar's mask is
+        not applied here: `shape_rows` computes every constrained row's at once."""
         p = self.params
         if self.counts and (p.presence_penalty or p.frequency_penalty):
             ids = torch.tensor(list(self.counts), dtype=torch.long)
@@ -40,12 +41,6 @@ class RowShaper:
             logits.index_add_(0, ids, values)
             # -100 bans the token outright, as OpenAI documents.
             logits.index_fill_(0, ids[values <= -100], float("-inf"))
-        if self.grammar is not None:
-            allowed = self.grammar.allowed(logits.shape[-1])
-            if not bool(allowed.any()):
-                # The grammar has nothing left to offer (a matcher in error): end the sequence cleanly.
-                allowed[self.eos] = True
-            logits.masked_fill_(~allowed, float("-inf"))
         return logits
 
     def accept(self, token: int) -> None:
@@ -66,7 +61,23 @@ def shape_rows(logits: torch.Tensor, shapers: list[RowShaper | None]) -> torch.T
     for row, shaper in enumerate(shapers):
         if shaper is not None:
             shaper.apply(logits[row])
+    constrained = [(row, s, s.grammar) for row, s in enumerate(shapers) if s is not None and s.grammar is not None]
+    if constrained:
+        _mask_grammars(logits, constrained)
     return logits
+
+
+def _mask_grammars(logits: torch.Tensor, constrained: list[tuple[int, RowShaper, GrammarState]]) -> None:
+    """Every constrained row's grammar mask, computed in one call and applied in one operation."""
+    allowed = allowed_tokens([grammar for _, _, grammar in constrained], logits.shape[-1])
+    for i in (~allowed.any(dim=1)).nonzero().flatten().tolist():
+        # The grammar has nothing left to offer (a matcher in error): end the sequence cleanly.
+        allowed[i, constrained[i][1].eos] = True
+    if len(constrained) == logits.shape[0]:
+        logits.masked_fill_(~allowed, float("-inf"))
+    else:
+        index = torch.tensor([row for row, _, _ in constrained])
+        logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
 
 
 def accept_rows(tokens: list[int], shapers: list[RowShaper | None]) -> None:

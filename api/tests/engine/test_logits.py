@@ -13,11 +13,12 @@ from typing import Any
 
 import jsonschema
 import llguidance
+import llguidance.torch
 import pytest
 import torch
 
 from pibloom.engine.loader import LoadedModel
-from pibloom.engine.logits import RowShaper
+from pibloom.engine.logits import RowShaper, shape_rows
 from pibloom.engine.request import Event, SamplingParams
 from pibloom.engine.scheduler import Engine
 
@@ -132,3 +133,52 @@ def test_penalties_follow_openai_semantics() -> None:
     logits = shaper.apply(torch.zeros(5))
     # token 0 seen twice: -(2 * 0.25 + 0.5); token 3 once: -(0.25 + 0.5); 1 biased +2; 2 banned.
     assert logits.tolist() == [-1.0, 2.0, float("-inf"), -0.75, 0.0]
+
+
+def test_grammar_masks_of_a_batch_match_each_rows_own_mask(tiny_llama: LoadedModel) -> None:
+    """The masks computed for all constrained rows at once are each row's own and land on their rows
+    only; a row whose grammar has failed may only end (llguidance's mask says so itself)."""
+    tokenizer = tiny_llama.tokenizer
+    width = int(tiny_llama.model.config.vocab_size)
+    eos = frozenset(tiny_llama.eos_token_ids)
+    schemas = [SCHEMA, {"type": "array", "items": {"type": "string"}}, {"enum": ["yes", "no"]}]
+    shapers: list[RowShaper | None] = [None]
+    for schema in schemas:
+        shapers += [RowShaper(SamplingParams(grammar=grammar(schema)), tokenizer, width, eos), None]
+    # Rows in different states: one just started, one inside its first string, one sent a token its
+    # grammar forbids (its matcher is in error).
+    assert shapers[3] is not None and shapers[5] is not None
+    for token in tokenizer('["ab', add_special_tokens=False)["input_ids"]:
+        shapers[3].accept(token)
+    shapers[5].accept(tokenizer("{", add_special_tokens=False)["input_ids"][0])
+    logits = torch.randn(len(shapers), width)
+    shaped = shape_rows(logits, shapers)
+    for row, shaper in enumerate(shapers):
+        if shaper is None:
+            assert torch.equal(shaped[row], logits[row])  # a free row is left exactly as it was
+            continue
+        assert shaper.grammar is not None
+        own = llguidance.torch.allocate_token_bitmask(1, width)
+        llguidance.torch.fill_next_token_bitmask(shaper.grammar.matcher, own)
+        allowed = [t for t in range(width) if own[0, t // 32].item() >> (t % 32) & 1]
+        finite = torch.isfinite(shaped[row]).nonzero().flatten().tolist()
+        assert finite == allowed
+        assert torch.equal(shaped[row, finite], logits[row, finite])
+    assert shapers[5].grammar is not None and shapers[5].grammar.matcher.is_error()
+    assert torch.isfinite(shaped[5]).nonzero().flatten().tolist() == sorted(eos)
+
+
+def test_a_row_whose_grammar_allows_nothing_may_only_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a mask come back empty (a tokenizer llguidance knows no end token for), the row is given
+    its end tokens rather than a row of -inf to sample from."""
+    import pibloom.engine.logits as logits_module
+
+    monkeypatch.setattr(logits_module, "GrammarState", lambda *args: object())
+    monkeypatch.setattr(
+        logits_module, "allowed_tokens", lambda states, width: torch.zeros(len(states), width, dtype=torch.bool)
+    )
+    shapers: list[RowShaper | None] = [
+        RowShaper(SamplingParams(grammar="unused"), tokenizer=None, width=6, eos_ids=frozenset({eos})) for eos in (2, 4)
+    ]
+    shaped = shape_rows(torch.zeros(2, 6), shapers)
+    assert [torch.isfinite(row).nonzero().flatten().tolist() for row in shaped] == [[2], [4]]
