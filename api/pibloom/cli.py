@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
+from typing import Any, ClassVar
 
 import click
 
@@ -13,7 +15,30 @@ from .engine import openmp
 from .settings import Settings
 
 
-@click.group()
+class _LazyGroup(click.Group):
+    """Commands that live in their own packages are imported when they run, not at every start: the
+    batch client's and the bench's imports (httpx, rich, jsonschema, psutil...) would otherwise sit in
+    the gunicorn master of `pibloom serve` and in every worker forked from it (~20 MB each)."""
+
+    lazy: ClassVar[dict[str, tuple[str, str]]] = {
+        "batch": ("pibloom.client.cli", "batch_command"),
+        "bench": ("pibloom.bench.cli", "bench_command"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Any:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = self.lazy[cmd_name]
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except ImportError as exc:  # the bench needs the dev extras (psutil, matplotlib)
+            raise click.ClickException(f"`pibloom {cmd_name}` needs {exc.name}: pip install 'pibloom[dev]'") from exc
+
+
+@click.group(cls=_LazyGroup)
 @click.version_option(__version__, prog_name="pibloom")
 def main() -> None:
     """piBLOOM: a self-hosted chat service for small language models."""
@@ -85,20 +110,6 @@ def show_settings(markdown: bool) -> None:
         for env, _, _, value in rows:
             click.echo(f"{env}={value}")
 
-
-def _register_optional() -> None:
-    """Commands that live in their own packages."""
-    from .client.cli import batch_command
-
-    main.add_command(batch_command, "batch")
-    try:  # the bench needs the dev extras (psutil, matplotlib)
-        from .bench.cli import bench_command
-    except ImportError:
-        return
-    main.add_command(bench_command, "bench")
-
-
-_register_optional()
 
 if __name__ == "__main__":
     main()

@@ -128,3 +128,29 @@ def test_the_wait_policy_reaches_openmp_before_torch_loads(spin: str, count: str
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"GOMP_SPINCOUNT = '{count}'" in done.stderr
+
+
+def test_the_gunicorn_master_loads_neither_the_web_framework_nor_the_other_commands() -> None:
+    """Whatever the master imports, every worker forked from it holds too: `pibloom serve` imports the
+    batch client and the bench only when those commands run, and the web framework only in workers."""
+    script = (
+        "import sys\n"
+        "from pibloom import cli\n"
+        "import pibloom.http.server\n"
+        "print(sorted(m for m in ('fastapi', 'starlette', 'httpx', 'rich', 'jsonschema', 'yaml', 'pibloom.client.cli',"
+        " 'pibloom.bench.cli') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_batch_and_bench_load_when_they_run() -> None:
+    runner = CliRunner()
+    listed = runner.invoke(main, ["--help"])
+    assert listed.exit_code == 0
+    assert "batch" in listed.output and "bench" in listed.output
+    for command in ("batch", "bench"):
+        shown = runner.invoke(main, [command, "--help"])
+        assert shown.exit_code == 0, shown.output
+        assert shown.output.startswith(f"Usage: main {command} [OPTIONS]")

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..settings import Settings
-from .middleware.requestid import current_request_id
+from .request_context import current_request_id
 
 
 class RequestIdFilter(logging.Filter):

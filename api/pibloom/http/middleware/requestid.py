@@ -12,27 +12,22 @@ import logging
 import re
 import time
 import uuid
-from contextvars import ContextVar
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ...metrics import Metrics
 from ..paths import is_operational
+from ..request_context import REQUEST_ID
 from .clients import TrustedProxies
 from .responses import header
 
-REQUEST_ID: ContextVar[str | None] = ContextVar("pibloom_request_id", default=None)
 HEADER = "X-Request-ID"
 # What nginx's $request_id, UUIDs and most tracing ids look like; anything else (log injection, huge
 # values) is replaced rather than trusted. nginx and the web server apply the same rule.
 _VALID = re.compile(r"[A-Za-z0-9._~:+/=-]{1,128}")
 
 access_log = logging.getLogger("pibloom.access")
-
-
-def current_request_id() -> str | None:
-    return REQUEST_ID.get()
 
 
 def accept_or_new(value: str | None) -> str:
