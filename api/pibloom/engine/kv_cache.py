@@ -104,8 +104,8 @@ class SlotLayer(DynamicLayer):
         self._allocate(new_rows, new_columns)
 
     def fit(self) -> None:
-        """Give memory back once the lane holds well under its buffers (in rows or columns): decode
-        attention reads the whole capacity, so a long row that left would slow every step."""
+        """Give memory back once the lane holds well under its buffers (in rows or columns): what a long
+        row that left grew is memory the KV budget would otherwise count against new requests."""
         if not self.is_initialized or not self.capacity:
             return
         if not self.state.rows:  # an idle lane holds nothing
@@ -168,12 +168,6 @@ class SlotCache(Cache):
     def reset(self, length: int) -> None:
         """Empty the lane; the next row to join is right-aligned at `length` columns."""
         self.state.rows, self.state.length = 0, length
-
-    def buffers(self, layer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the first `rows` rows of `layer` over the buffers' whole capacity (contiguous,
-        unlike their first `length` columns); columns past the length must be masked like padding."""
-        slot = self.layers[layer]
-        return slot.keys[:rows], slot.values[:rows]
 
     def row_kv(self, row: int, start: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Copies of one row's keys and values from column `start` to the length, per layer
