@@ -35,7 +35,8 @@ class _LazyGroup(click.Group):
         try:
             return getattr(importlib.import_module(module), attribute)
         except ImportError as exc:  # the bench needs the dev extras (psutil, matplotlib)
-            raise click.ClickException(f"`pibloom {cmd_name}` needs {exc.name}: pip install 'pibloom[dev]'") from exc
+            needs = f"`pibloom {cmd_name}` needs {exc.name}, one of the dev extras (`make setup`)"
+            raise click.ClickException(needs) from exc
 
 
 @click.group(cls=_LazyGroup)

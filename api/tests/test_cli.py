@@ -154,3 +154,12 @@ def test_batch_and_bench_load_when_they_run() -> None:
         shown = runner.invoke(main, [command, "--help"])
         assert shown.exit_code == 0, shown.output
         assert shown.output.startswith(f"Usage: main {command} [OPTIONS]")
+
+
+def test_a_command_whose_extras_are_missing_says_which(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pibloom import cli
+
+    monkeypatch.setitem(cli._LazyGroup.lazy, "bench", ("pibloom_no_such_extra", "bench_command"))
+    shown = CliRunner().invoke(main, ["bench", "--help"])
+    assert shown.exit_code == 1
+    assert "`pibloom bench` needs pibloom_no_such_extra, one of the dev extras" in shown.output
