@@ -77,6 +77,22 @@ def test_a_batch_mixes_greedy_penalised_and_sampled_rows() -> None:
     assert sample_batch(logits, params, generators, [[], [1], []]) == [1, 2, 1]
 
 
+def test_greedy_rows_of_bfloat16_logits_pick_what_float32_argmax_picks_ties_included() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(8, 4099).to(torch.bfloat16)
+    logits[1, [7, 300, 4000]] = 50.0  # a tie: the first index wins, as with argmax
+    logits[2, 11] = float("inf")
+    logits[3] = -1.0  # every token tied
+    greedy = [SamplingParams(temperature=0.0)] * 8
+    generators = [make_generator(0, CPU) for _ in greedy]
+    chosen = sample_batch(logits, greedy, generators, [[]] * 8)
+    assert chosen == torch.argmax(logits.float(), dim=-1).tolist()
+    assert chosen[1:4] == [7, 11, 0]
+    # A sampled row beside them still sees float32 logits.
+    mixed = [*greedy[:7], SamplingParams(temperature=1.0, top_k=1)]
+    assert sample_batch(logits, mixed, generators, [[]] * 8) == chosen
+
+
 def test_token_logprobs_are_log_softmax_with_the_best_alternatives() -> None:
     logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     result = token_logprobs(logits, torch.tensor([0, 2]), top=2)
