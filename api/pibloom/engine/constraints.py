@@ -47,7 +47,8 @@ def grammar_error(grammar: str, tokenizer: Any, vocab_size: int | None = None) -
 
 
 class GrammarState:
-    """One sequence's position in its grammar: the mask of allowed next tokens, and the tokens taken."""
+    """One sequence's position in its grammar (the tokens taken so far); `allowed_tokens` asks it, with
+    the batch's other constrained rows, which tokens may come next."""
 
     def __init__(self, grammar: str, tokenizer: Any, vocab_size: int) -> None:
         self.matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer, vocab_size), grammar, log_level=0)
@@ -69,7 +70,8 @@ def _shared_executor() -> llguidance.LLExecutor:
     global _executor
     with _lock:
         if _executor is None:
-            _executor = llguidance.LLExecutor(num_threads=len(os.sched_getaffinity(0)))
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            _executor = llguidance.LLExecutor(num_threads=cores or 1)
         return _executor
 
 
