@@ -56,7 +56,7 @@ def parse_peers(text: str) -> list[str]:
     "--requests-per-level",
     type=click.IntRange(1),
     default=None,
-    help="Requests at every level (default: 4, 8, 32, 64 for 1, 4, 16, 32 streams; 2x the streams otherwise).",
+    help="Requests at every level (default: 8, 8, 32, 64 for 1, 4, 16, 32 streams; 2x the streams otherwise).",
 )
 @click.option(
     "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-results"),

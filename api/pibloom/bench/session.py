@@ -42,8 +42,9 @@ from .soak import SoakFigures, SoakSpec, run_soak
 from .stats import LevelStats, summarize
 
 Echo = Callable[[str], None]
-# Enough requests per level for stable medians, few enough that the default run takes ~10 minutes.
-DEFAULT_REQUESTS = {1: 4, 4: 8, 16: 32, 32: 64}
+# Enough requests per level for stable medians, few enough that the default run takes ~10 minutes. One
+# stream gets eight: with four (~7 s a peer) its figure moved by a fifth between runs on a shared host.
+DEFAULT_REQUESTS = {1: 8, 4: 8, 16: 32, 32: 64}
 WARM_TOKENS = 8
 
 
