@@ -59,10 +59,6 @@ class GrammarState:
         # A token outside the mask cannot be sampled; a matcher in error just stops constraining.
         self.matcher.consume_token(token)
 
-    @property
-    def finished(self) -> bool:
-        return bool(self.matcher.is_stopped())
-
 
 def _shared_executor() -> llguidance.LLExecutor:
     """llguidance's own thread pool, one per process, with a thread per core this process may use

@@ -171,11 +171,10 @@ def test_grammar_masks_of_a_batch_match_each_rows_own_mask(tiny_llama: LoadedMod
 def test_a_row_whose_grammar_allows_nothing_may_only_end(monkeypatch: pytest.MonkeyPatch) -> None:
     """Should a mask come back empty (a tokenizer llguidance knows no end token for), the row is given
     its end tokens rather than a row of -inf to sample from."""
-    import pibloom.engine.logits as logits_module
-
-    monkeypatch.setattr(logits_module, "GrammarState", lambda *args: object())
+    monkeypatch.setattr("pibloom.engine.logits.GrammarState", lambda *args: object())
     monkeypatch.setattr(
-        logits_module, "allowed_tokens", lambda states, width: torch.zeros(len(states), width, dtype=torch.bool)
+        "pibloom.engine.logits.allowed_tokens",
+        lambda states, width: torch.zeros(len(states), width, dtype=torch.bool),
     )
     shapers: list[RowShaper | None] = [
         RowShaper(SamplingParams(grammar="unused"), tokenizer=None, width=6, eos_ids=frozenset({eos})) for eos in (2, 4)
