@@ -18,9 +18,10 @@ Models it does not cover use transformers' forward (`supports` says which).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,11 @@ from torch import nn
 
 from . import quantize
 from .kv_cache import LaneGroup
+
+if TYPE_CHECKING:
+    from .compiled_decode import CompiledDecode
+
+log = logging.getLogger(__name__)
 
 # Architectures whose decoder layer is exactly: RMSNorm -> GQA attention with rotary -> residual ->
 # RMSNorm -> SiLU-gated MLP -> residual. Qwen2 adds q/k/v biases, which the pass carries.
@@ -161,18 +167,22 @@ def _dense(owner: nn.Module, names: list[str], bias: torch.Tensor | None, pack: 
     return packed
 
 
-def _projection(owner: nn.Module, names: list[str], int4: bool, int4_tokens: int = 0, pack: bool = False) -> Projection:
+def _projection(
+    owner: nn.Module, names: list[str], int4: bool, int4_tokens: int = 0, pack: bool = False
+) -> tuple[Projection, quantize.Int4Linear | None]:
     """One matmul for the named linear layers of `owner`: 4-bit when asked and the shapes allow it,
-    else the dense weights (`_dense`); with `int4_tokens`, both (`_ByTokens`)."""
+    else the dense weights (`_dense`); with `int4_tokens`, both (`_ByTokens`). Also the 4-bit layer,
+    where there is one, for the compiled decode step."""
     modules = [getattr(owner, name) for name in names]
     bias = _fuse_bias(modules)
     quantizable = all(quantize.quantizable(m) for m in modules)
     if int4 and quantizable:
-        return quantize.fuse_quantized(modules, [(owner, name) for name in names], bias).forward
+        fused = quantize.fuse_quantized(modules, [(owner, name) for name in names], bias)
+        return fused.forward, fused
     if int4_tokens and quantizable:
-        small = quantize.quantize_fused(modules, bias).forward
-        return _ByTokens(small, _dense(owner, names, bias, pack), int4_tokens)
-    return _dense(owner, names, bias, pack)
+        small = quantize.quantize_fused(modules, bias)
+        return _ByTokens(small.forward, _dense(owner, names, bias, pack), int4_tokens), small
+    return _dense(owner, names, bias, pack), None
 
 
 @dataclass
@@ -208,24 +218,41 @@ class LlamaForward:
         self.final_norm = model.model.norm.weight
         self.head = model.lm_head  # an nn.Linear, or `output_head.RescoredHead` in its place
         self.layers = []
+        int4_layers: list[dict[str, quantize.Int4Linear | None]] = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
+            qkv, qkv4 = _projection(attn, ["q_proj", "k_proj", "v_proj"], int4, int4_tokens, pack)
+            out, out4 = _projection(attn, ["o_proj"], int4, int4_tokens, pack)
+            gate_up, gate_up4 = _projection(mlp, ["gate_proj", "up_proj"], int4, int4_tokens, pack)
+            down, down4 = _projection(mlp, ["down_proj"], int4, int4_tokens, pack)
             self.layers.append(
                 _Layer(
                     input_norm=layer.input_layernorm.weight,
-                    qkv=_projection(attn, ["q_proj", "k_proj", "v_proj"], int4, int4_tokens, pack),
-                    out=_projection(attn, ["o_proj"], int4, int4_tokens, pack),
+                    qkv=qkv,
+                    out=out,
                     post_norm=layer.post_attention_layernorm.weight,
-                    gate_up=_projection(mlp, ["gate_proj", "up_proj"], int4, int4_tokens, pack),
-                    down=_projection(mlp, ["down_proj"], int4, int4_tokens, pack),
+                    gate_up=gate_up,
+                    down=down,
                 )
             )
+            int4_layers.append({"qkv": qkv4, "out": out4, "gate_up": gate_up4, "down": down4})
+        # Every layer's 4-bit projections by name, when all of them have one (`compiled_decode`).
+        complete = all(linear is not None for layer in int4_layers for linear in layer.values())
+        self.int4_layers = int4_layers if complete else None
+        # Set by the loader where the compiled decode step applies (`compiled_decode`).
+        self.compiled: CompiledDecode | None = None
         self.scale = float(getattr(model.model.layers[0].self_attn, "scaling", self.head_dim**-0.5))
 
     def __call__(
         self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, keep: int = 1
     ) -> torch.Tensor:
         rows, steps = input_ids.shape
+        if steps == 1 and self.compiled is not None:
+            try:
+                return self.compiled(input_ids, mask, positions, cache)
+            except torch._dynamo.exc.RecompileError:
+                # A step both graphs miss (raised before the cache is touched): the eager pass runs it.
+                log.warning("the compiled decode step does not cover this step; running it eagerly")
         h = self.embed(input_ids)
         cos, sin = self.rotary(h, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [rows, 1, steps, head_dim]: broadcast over heads

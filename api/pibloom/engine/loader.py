@@ -13,6 +13,7 @@ import ctypes
 import gc
 import hashlib
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -295,6 +296,33 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _compile_decode(forward: llama_forward.LlamaForward, settings: Settings) -> None:
+    """Give the lean pass its compiled decode step where that applies; the eager pass otherwise, or if
+    compiling fails (the reason is logged either way)."""
+    from . import compiled_decode
+
+    why_not = compiled_decode.unavailable(forward)
+    if why_not is not None:
+        log.info("decode steps run eagerly: no compiled step on %s", why_not)
+        return
+    # The compiler's cache (generated kernels, autotuning results) lives with the model cache, so a
+    # restart with the same volume recompiles less.
+    # (Inductor writes its default into the environment once it has read it, so that default is ours
+    # to replace; a directory of the operator's own is kept.)
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in {None, os.path.abspath(default_cache_dir())}:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root(settings) / "inductor")
+    step = compiled_decode.CompiledDecode(forward)
+    try:
+        step.warm()
+    except Exception as exc:  # any compiler failure leaves the eager pass, which computes the same
+        log.warning("decode steps run eagerly: compiling the decode step failed: %s", exc)
+        return
+    forward.compiled = step
+    log.info("decode steps run compiled (compiled in %.0f s)", step.seconds)
+
+
 def finish_loading(
     model: Any, tokenizer: Any, name: str, settings: Settings, *, int4: bool = False, int4_rows: int = 0
 ) -> LoadedModel:
@@ -327,6 +355,8 @@ def finish_loading(
     int4_rows = int4_rows if why_not is None and not int4 else 0
     if why_not is None:
         forward = llama_forward.LlamaForward(model, int4=int4, int4_tokens=int4_rows)
+        if settings.compile_decode:
+            _compile_decode(forward, settings)
     else:
         forward = TransformersForward(model)
         log.info("using transformers' forward pass: the lean pass does not cover %s", why_not)

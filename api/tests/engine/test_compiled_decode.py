@@ -1,0 +1,156 @@
+"""The compiled decode step computes what the eager lean pass computes, on every cache the engine uses."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+
+import pytest
+import torch
+from test_llama_forward import lean_logits_stepwise, padded_batch
+
+from pibloom.engine import compiled_decode, loader
+from pibloom.engine.compiled_decode import CompiledDecode, unavailable
+from pibloom.engine.kv_cache import LaneGroup, LaneStep, SlotCache
+from pibloom.engine.loader import LoadedModel, load_model
+from pibloom.settings import Settings
+
+from generation import engine_greedy
+
+
+def _load(settings: Settings, dtype: str) -> LoadedModel:
+    """The tiny Llama with every projection in 4 bits: where the loader compiles the step."""
+    loaded = load_model(settings.model_copy(update={"dtype": dtype, "quantize": "int4"}))
+    why_not = unavailable(loaded.forward)  # type: ignore[arg-type]
+    if why_not is not None:
+        pytest.skip(f"no compiled decode step on this machine: {why_not}")
+    assert loaded.forward.compiled is not None  # type: ignore[attr-defined]
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_llama_settings: Settings) -> LoadedModel:
+    """In float32, where the compiled and eager passes round alike enough for identical greedy tokens."""
+    return _load(tiny_llama_settings, "float32")
+
+
+@pytest.fixture(scope="module")
+def compiled_bf16(tiny_llama_settings: Settings) -> LoadedModel:
+    """In bfloat16, as served: summed in another order, logits agree to bfloat16's rounding."""
+    return _load(tiny_llama_settings, "bfloat16")
+
+
+def eager(loaded: LoadedModel) -> LoadedModel:
+    """The same model and weights, its decode steps run by the eager pass."""
+    lean = loaded.forward
+    twin = object.__new__(type(lean))
+    twin.__dict__.update(lean.__dict__)
+    twin.compiled = None  # type: ignore[attr-defined]
+    return LoadedModel(**{**loaded.__dict__, "forward": twin})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_steps_of_padded_rows_match_the_eager_pass(dtype: str, request: pytest.FixtureRequest) -> None:
+    """Rows of different lengths (left padding), from one to five rows: the logits of every decode step
+    agree with the eager pass's (float32: to 1e-4 of their range; bfloat16: to 2^-5 of it, a few of
+    its rounding steps), and pick the same greedy tokens."""
+    loaded: LoadedModel = request.getfixturevalue("compiled" if dtype == "float32" else "compiled_bf16")
+    vocab = loaded.model.config.vocab_size
+    for lengths in ([9], [9, 4, 12], [3, 3, 7, 10, 5]):
+        ids, mask = padded_batch(vocab, lengths)
+        fast = lean_logits_stepwise(loaded.forward, ids, mask, prefill=2)  # type: ignore[arg-type]
+        slow = lean_logits_stepwise(eager(loaded).forward, ids, mask, prefill=2)  # type: ignore[arg-type]
+        real = mask.bool()
+        scale = float(slow[real].abs().max()) * (1e-4 if dtype == "float32" else 2**-5)
+        assert torch.allclose(fast[real].float(), slow[real].float(), atol=scale, rtol=0)
+        assert torch.equal(fast[real].argmax(-1), slow[real].argmax(-1))
+
+
+def test_served_greedy_tokens_are_the_eager_pass_tokens_alone_and_batched(compiled: LoadedModel) -> None:
+    import asyncio
+
+    for batched in (False, True):
+        assert asyncio.run(engine_greedy(compiled, batched=batched)) == asyncio.run(
+            engine_greedy(eager(compiled), batched=batched)
+        )
+
+
+def _lanes(loaded: LoadedModel, lengths: list[int]) -> tuple[LaneGroup, torch.Tensor]:
+    """Two lanes of one row each, prefilled with `lengths` tokens; the next token for each."""
+    lean = loaded.forward
+    lanes, first = [], 0
+    generator = torch.Generator().manual_seed(2)
+    with torch.inference_mode():
+        for length in lengths:
+            cache = SlotCache(len(lean.layers), 1)  # type: ignore[attr-defined]
+            cache.set_rows(1)
+            prompt = torch.randint(3, loaded.model.config.vocab_size, (1, length), generator=generator)
+            lean(prompt, torch.ones_like(prompt), torch.arange(length)[None], cache, keep=1)
+            cache.advance(length)
+            lanes.append(LaneStep(cache, first, 1, torch.ones(1, length + 1, dtype=torch.long)))
+            first += 1
+    return LaneGroup(lanes), torch.tensor([[5], [7]])
+
+
+def test_a_lane_group_step_matches_the_eager_pass(compiled: LoadedModel) -> None:
+    """A long chat's lane beside a short one: each lane's rows attend over their own columns."""
+    lengths = [40, 6]
+    group, tokens = _lanes(compiled, lengths)
+    twin_group, _ = _lanes(compiled, lengths)
+    positions = torch.tensor([[lengths[0]], [lengths[1]]])
+    mask = torch.ones(2, 1, dtype=torch.long)  # unused with lanes: each lane brings its own
+    with torch.inference_mode():
+        fast = compiled.forward(tokens, mask, positions, group)
+        slow = eager(compiled).forward(tokens, mask, positions, twin_group)
+    assert torch.allclose(fast, slow, atol=float(slow.abs().max()) * 1e-4, rtol=0)
+    for lane, twin in zip(group.lanes, twin_group.lanes, strict=True):  # the new column was written
+        keys, twin_keys = lane.cache.layers[0].keys, twin.cache.layers[0].keys
+        column = lane.cache.length
+        assert keys[:1, :, column].abs().sum() > 0
+        assert torch.allclose(keys[:1, :, column], twin_keys[:1, :, column], atol=1e-4)
+
+
+def test_any_row_count_runs_without_compiling_again(compiled: LoadedModel) -> None:
+    """Both graphs are compiled at load; rows and cache lengths that change every step reuse them."""
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    vocab = compiled.model.config.vocab_size
+    for lengths in ([5], [5, 6], [2, 8, 4, 3, 9, 1, 6], [30] * 11):
+        ids, mask = padded_batch(vocab, lengths)
+        lean_logits_stepwise(compiled.forward, ids, mask, prefill=1)  # type: ignore[arg-type]
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_the_compiled_step_applies_only_where_it_can_run(
+    compiled: LoadedModel, tiny_llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lean = compiled.forward
+    assert unavailable(lean) is None  # type: ignore[arg-type]
+    assert unavailable(tiny_llama.forward) == "projections without 4-bit weights"  # type: ignore[arg-type]
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert unavailable(lean) == "no C++ compiler (g++, c++ or clang++) on PATH"  # type: ignore[arg-type]
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert unavailable(lean) == "a CPU without AVX-512"  # type: ignore[arg-type]
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert unavailable(lean) == "the aarch64 architecture (inductor's 4-bit GEMM is x86 only)"  # type: ignore[arg-type]
+
+
+def test_the_loader_keeps_the_eager_pass_when_compiling_is_off_or_fails(
+    compiled: LoadedModel,
+    tiny_llama_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = tiny_llama_settings.model_copy(update={"dtype": "bfloat16", "quantize": "int4"})
+    off = load_model(settings.model_copy(update={"compile_decode": False}))
+    assert off.forward.compiled is None  # type: ignore[attr-defined]
+
+    def broken(self: CompiledDecode) -> None:
+        raise RuntimeError("the compiler is broken")
+
+    monkeypatch.setattr(compiled_decode.CompiledDecode, "warm", broken)
+    with caplog.at_level("WARNING", logger=loader.log.name):
+        failed = load_model(settings)
+    assert failed.forward.compiled is None  # type: ignore[attr-defined]
+    assert "compiling the decode step failed: the compiler is broken" in caplog.text
