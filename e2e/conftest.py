@@ -29,7 +29,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 240.0) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 600.0) -> None:
     """Poll `url` until it answers 200; fail early if the process dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -35,7 +35,7 @@ from torch import nn
 from .kv_cache import LaneGroup, SlotCache
 
 if TYPE_CHECKING:
-    from .llama_forward import LlamaForward
+    from .llama_forward import LlamaForward  # which imports this module
 
 log = logging.getLogger(__name__)
 
@@ -135,26 +135,29 @@ class _Stack(nn.Module):
         self.heads, self.kv_heads, self.head_dim = forward.heads, forward.kv_heads, forward.head_dim
         self.eps = forward.eps
         self.layers = len(forward.layers)
-        self.groups: list[dict[str, int]] = []
-        self.biased: list[dict[str, bool]] = []
+        # Plain attributes the compiled code is specialised on are guards checked at every call: one
+        # group size and the set of biased projections, rather than one of each per layer.
+        groups: set[int] = set()
+        biased: set[str] = set()
         for index, (layer, int4) in enumerate(zip(forward.layers, forward.int4_layers, strict=True)):
             self.register_buffer(f"input_norm{index}", layer.input_norm, persistent=False)
             self.register_buffer(f"post_norm{index}", layer.post_norm, persistent=False)
-            groups, biased = {}, {}
             for name, linear in int4.items():
+                assert linear is not None
                 self.register_buffer(f"{name}{index}", linear.packed, persistent=False)
                 self.register_buffer(f"{name}_scales{index}", linear.scales_zeros, persistent=False)
+                groups.add(linear.group)
                 if linear.bias is not None:
                     self.register_buffer(f"{name}_bias{index}", linear.bias.detach(), persistent=False)
-                groups[name], biased[name] = linear.group, linear.bias is not None
-            self.groups.append(groups)
-            self.biased.append(biased)
+                    biased.add(name)
+        (self.group,) = groups  # the loader quantizes every projection alike
+        self.biased = frozenset(biased)
         self.register_buffer("final_norm", forward.final_norm, persistent=False)
 
     def _project(self, x: torch.Tensor, name: str, index: int) -> torch.Tensor:
         weight, scales = getattr(self, f"{name}{index}"), getattr(self, f"{name}_scales{index}")
-        out = torch._weight_int4pack_mm_for_cpu(x, weight, self.groups[index][name], scales)
-        return out + getattr(self, f"{name}_bias{index}") if self.biased[index][name] else out
+        out = torch._weight_int4pack_mm_for_cpu(x, weight, self.group, scales)
+        return out + getattr(self, f"{name}_bias{index}") if name in self.biased else out
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """`h` [rows, hidden]; `cos`, `sin` [rows, 1, 1, head_dim]. Returns [rows, hidden]."""
@@ -175,6 +178,10 @@ class _Stack(nn.Module):
         return F.rms_norm(h, (hidden,), self.final_norm, self.eps)
 
 
+class NotCovered(Exception):
+    """A decode step neither compiled graph covers; raised before anything was computed."""
+
+
 class CompiledDecode:
     """Runs a decode step (one new token per row) of a `LlamaForward` through the compiled stack.
     `warm` compiles both graphs; until it has, and for any step the graphs do not cover, the caller
@@ -185,6 +192,7 @@ class CompiledDecode:
         self.stack = _Stack(forward).eval()
         self.compiled: Any = None
         self.seconds = 0.0
+        self.threads = torch.get_num_threads()
 
     def warm(self) -> None:
         """Compile the single-row graph and the graph for any other row count (rows marked dynamic)
@@ -209,15 +217,32 @@ class CompiledDecode:
                 self._run(compiled, ids, mask, torch.zeros(rows, 1, dtype=torch.long), cache, dynamic=rows > 1)
         self.compiled = compiled
         self.seconds = time.perf_counter() - start
+        self.threads = torch.get_num_threads()
 
     def __call__(
         self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
     ) -> torch.Tensor:
         """Logits [rows, 1, vocab] of a decode step over a slot cache, a lane group or any cache with
-        transformers' `update`; or raises `torch._dynamo.exc.RecompileError` before touching the
-        cache when the step falls outside both graphs (the caller then runs it eagerly)."""
-        with torch.compiler.set_stance("fail_on_recompile"):
-            return self._run(self.compiled, input_ids, mask, positions, cache)
+        transformers' `update`; or raises `NotCovered` before touching the cache when the step falls
+        outside both graphs (the caller then runs it eagerly).
+
+        The graphs run with the thread count they were compiled at: torch's compiler guards on it, so
+        a count the thread governor lowered would otherwise ask for a new compile. The generated
+        kernels divide their work for that count and run correctly on fewer threads, so pinning it
+        only keeps the compiled steps from shrinking with the team."""
+        threads = torch.get_num_threads()
+        if threads != self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                return self._run(self.compiled, input_ids, mask, positions, cache)
+        except RuntimeError as exc:
+            if "recompile" not in str(exc):
+                raise
+            raise NotCovered(str(exc)) from exc
+        finally:
+            if threads != self.threads:
+                torch.set_num_threads(threads)
 
     def _run(
         self,

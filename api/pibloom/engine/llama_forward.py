@@ -21,17 +21,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import quantize
+from .compiled_decode import CompiledDecode, NotCovered
 from .kv_cache import LaneGroup
-
-if TYPE_CHECKING:
-    from .compiled_decode import CompiledDecode
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +239,7 @@ class LlamaForward:
         self.int4_layers = int4_layers if complete else None
         # Set by the loader where the compiled decode step applies (`compiled_decode`).
         self.compiled: CompiledDecode | None = None
+        self._eager_steps = 0  # decode steps the compiled step did not cover (warned once)
         self.scale = float(getattr(model.model.layers[0].self_attn, "scaling", self.head_dim**-0.5))
 
     def __call__(
@@ -250,9 +249,13 @@ class LlamaForward:
         if steps == 1 and self.compiled is not None:
             try:
                 return self.compiled(input_ids, mask, positions, cache)
-            except torch._dynamo.exc.RecompileError:
-                # A step both graphs miss (raised before the cache is touched): the eager pass runs it.
-                log.warning("the compiled decode step does not cover this step; running it eagerly")
+            except NotCovered as exc:  # raised before the cache is touched: the eager pass runs it
+                log.log(
+                    logging.DEBUG if self._eager_steps else logging.WARNING,
+                    "running a decode step eagerly: the compiled step does not cover it (%s)",
+                    exc,
+                )
+                self._eager_steps += 1
         h = self.embed(input_ids)
         cos, sin = self.rotary(h, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [rows, 1, steps, head_dim]: broadcast over heads

@@ -154,3 +154,47 @@ def test_the_loader_keeps_the_eager_pass_when_compiling_is_off_or_fails(
         failed = load_model(settings)
     assert failed.forward.compiled is None  # type: ignore[attr-defined]
     assert "compiling the decode step failed: the compiler is broken" in caplog.text
+
+
+def _one_step(loaded: LoadedModel, lengths: list[int]) -> torch.Tensor:
+    vocab = loaded.model.config.vocab_size
+    ids, mask = padded_batch(vocab, lengths)
+    return lean_logits_stepwise(loaded.forward, ids, mask, prefill=ids.shape[1] - 1)[:, -1]  # type: ignore[arg-type]
+
+
+def test_a_team_the_governor_shrank_still_runs_the_compiled_graphs(
+    compiled: LoadedModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """torch's compiler guards on the thread count: the compiled step runs at the count it was compiled
+    at and hands the team back as it found it, with no eager fallback."""
+    step = compiled.forward.compiled  # type: ignore[attr-defined]
+    assert step.threads == torch.get_num_threads()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with caplog.at_level("DEBUG", logger="pibloom.engine.llama_forward"):
+            for lengths in ([4], [4, 7]):
+                fast = _one_step(compiled, lengths)
+                assert torch.allclose(fast, _one_step(eager(compiled), lengths), atol=float(fast.abs().max()) * 1e-4)
+                assert torch.get_num_threads() == 1
+        assert "eagerly" not in caplog.text
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_step_outside_both_graphs_runs_eagerly_with_one_warning(
+    compiled: LoadedModel, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pinned to a thread count it was not compiled at, the graphs do not cover the step: it is computed
+    by the eager pass (same logits), the cache written once, and the warning is not repeated."""
+    step = compiled.forward.compiled  # type: ignore[attr-defined]
+    monkeypatch.setattr(step, "threads", step.threads + 1)
+    monkeypatch.setattr(compiled.forward, "_eager_steps", 0)
+    before = torch.get_num_threads()
+    with caplog.at_level("WARNING", logger="pibloom.engine.llama_forward"):
+        for lengths in ([4], [4, 7], [5, 2, 6]):
+            fast = _one_step(compiled, lengths)
+            assert torch.allclose(fast, _one_step(eager(compiled), lengths), atol=float(fast.abs().max()) * 1e-4)
+    assert torch.get_num_threads() == before
+    warnings = [r for r in caplog.records if "does not cover it" in r.getMessage()]
+    assert len(warnings) == 1 and compiled.forward._eager_steps == 3  # type: ignore[attr-defined]
