@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the local stack and the browser tests use: nginx (the proxy), redis-server (the
 # rate limit shared by api replicas), chromium (headless browser for the end-to-end tests) and
-# prometheus (its promtool checks the monitoring profile's scrape configuration). Installs what is missing when it can (root + apt-get); otherwise
+# prometheus (its promtool checks the monitoring profile's scrape configuration), g++ (the api's
+# compiled decode step). Installs what is missing when it can (root + apt-get); otherwise
 # says how to get it. Quick and silent when everything is already there.
 set -euo pipefail
 
@@ -12,6 +13,9 @@ command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missi
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # envsubst: the deploy tests check the proxy template the way the official nginx image fills it.
 command -v envsubst >/dev/null 2>&1 || missing+=(gettext-base)
+# g++: torch's compiler builds the api's compiled decode step with it (x86 with AVX-512; without it the
+# api runs the eager pass, slower).
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

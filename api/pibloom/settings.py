@@ -143,11 +143,11 @@ class Settings(BaseSettings):
     )
     compile_decode: bool = Field(
         True,
-        description="Compile the lean pass's decode step with inductor where it applies: 4-bit weights in "
-        "bfloat16 on an x86 CPU with AVX-512, a C++ compiler and torch's headers present (the README says "
-        "which). Its own 4-bit GEMM and fused norms make a step 1.3x faster at one stream and 1.5x at 16-32 "
-        "(measured); compiling adds about a minute to the start, less with the compiler's cache in "
-        "`PIBLOOM_CACHE_DIR`. Elsewhere, or false: the eager pass.",
+        description="Compile the lean pass's decode step with inductor where it applies: 4-bit weights on an "
+        "x86 CPU with AVX-512, with a C++ compiler and torch's headers present. Its own 4-bit GEMM and fused "
+        "norms make a step 1.3x faster at one stream and 1.5x at 16-32 (measured); compiling adds about two "
+        "minutes to the first start on 2 cores, ~20 s once its cache in `PIBLOOM_CACHE_DIR` is warm, and "
+        "~220 MB of memory. Elsewhere, or false: the eager pass.",
     )
     retry_after_seconds: int = Field(2, ge=1, description="`Retry-After` sent with 503 when overloaded.")
 
