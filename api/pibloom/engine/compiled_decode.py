@@ -6,8 +6,8 @@ embedded model's projections: 21 ms at 16 rows, 41 at 32). Compiled with max-aut
 inductor generates its own 4-bit GEMM (`CppMicroGemmWoQInt4Avx512`, picked by benchmarking it against
 the int4 kernel) and fuses the norms, rotary embedding, SiLU and residual adds into a few loops. The
 same projections then take 8 ms at 16 rows and 11 at 32, and the whole step, measured in one process
-against the eager pass: one row 7.9 against 10.2 ms, 16 rows 24.1 against 36.8, 32 rows 33 against
-50-55.
+alternating with the eager pass: one row 9.3 against 12.1 ms, 16 rows 25 against 39, 32 rows 34
+against 55.
 
 The template needs its weights as constants of the graph, hence freezing: the layers' 4-bit buffers
 become part of the compiled code, which is why the graph covers the whole stack of layers rather than
@@ -48,7 +48,9 @@ _OPTIONS: dict[str, Any] = {
     "compile_threads": 1,
 }
 
-
+# The multi-row graph's kernels are autotuned at the row count it is first run with: at two rows
+# torch's int4 kernel wins and would then serve 32 at a quarter of the template's speed; at sixteen
+# the template wins for every projection (and ties at four).
 _TUNE_ROWS = 16
 
 
@@ -76,14 +78,14 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: 
 
 
 _STEP = _StepContext()
-_registered = threading.Lock()
+_register_lock = threading.Lock()
 _operator: Any = None
 
 
 def _attention_operator() -> Any:
     """`pibloom::decode_attention`, registered on first use (not at import)."""
     global _operator
-    with _registered:
+    with _register_lock:
         if _operator is None:
 
             @torch.library.custom_op("pibloom::decode_attention", mutates_args=())
@@ -206,9 +208,6 @@ class CompiledDecode:
         # As a patch of inductor's config while compiling: `torch.compile(options=...)` did not turn
         # freezing on (the template was never offered, measured).
         with inductor_config.patch(_OPTIONS), torch.inference_mode():
-            # The multi-row graph's kernels are autotuned at the row count it is first run with: at
-            # two rows torch's int4 kernel wins and would then serve 32 at a quarter of the template's
-            # speed; at sixteen the template wins for every projection (and it ties at four).
             for rows in (_TUNE_ROWS, 1):
                 cache = SlotCache(len(forward.layers), rows)
                 cache.reset(0)
