@@ -194,29 +194,41 @@ class CompiledDecode:
         self.stack = _Stack(forward).eval()
         self.compiled: Any = None
         self.seconds = 0.0
-        self.threads = torch.get_num_threads()
+        self.thread_counts: tuple[int, ...] = (torch.get_num_threads(),)
 
-    def warm(self) -> None:
+    def warm(self, threads: tuple[int, ...] = ()) -> None:
         """Compile the single-row graph and the graph for any other row count (rows marked dynamic)
-        by running them on a scratch cache. Raises whatever the compiler raised."""
+        by running them on a scratch cache, at each of these thread counts (default: the current
+        one). Raises whatever the compiler raised."""
         _attention_operator()
         import torch._inductor.config as inductor_config
 
         compiled = torch.compile(self.stack, fullgraph=True)
         forward = self.forward
+        current = torch.get_num_threads()
+        counts = tuple(sorted(set(threads or (current,))))
         start = time.perf_counter()
         # As a patch of inductor's config while compiling: `torch.compile(options=...)` did not turn
         # freezing on (the template was never offered, measured).
-        with inductor_config.patch(_OPTIONS), torch.inference_mode():
-            for rows in (_TUNE_ROWS, 1):
-                cache = SlotCache(len(forward.layers), rows)
-                cache.reset(0)
-                ids = torch.zeros(rows, 1, dtype=torch.long)
-                mask = torch.ones(rows, 1, dtype=torch.long)
-                self._run(compiled, ids, mask, torch.zeros(rows, 1, dtype=torch.long), cache, dynamic=rows > 1)
+        try:
+            with inductor_config.patch(_OPTIONS), torch.inference_mode():
+                for count in counts:
+                    torch.set_num_threads(count)
+                    for rows in (_TUNE_ROWS, 1):
+                        cache = SlotCache(len(forward.layers), rows)
+                        cache.reset(0)
+                        ids, mask = torch.zeros(rows, 1, dtype=torch.long), torch.ones(rows, 1, dtype=torch.long)
+                        self._run(compiled, ids, mask, ids, cache, dynamic=rows > 1)
+        finally:
+            torch.set_num_threads(current)
         self.compiled = compiled
         self.seconds = time.perf_counter() - start
-        self.threads = torch.get_num_threads()
+        self.thread_counts = counts
+
+    def _threads_for(self, threads: int) -> int:
+        """The compiled thread count a step runs at: the largest not above the team's, else the least."""
+        fitting = [count for count in self.thread_counts if count <= threads]
+        return max(fitting) if fitting else self.thread_counts[0]
 
     def __call__(
         self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
@@ -225,13 +237,13 @@ class CompiledDecode:
         transformers' `update`; or raises `NotCovered` before touching the cache when the step falls
         outside both graphs (the caller then runs it eagerly).
 
-        The graphs run with the thread count they were compiled at: torch's compiler guards on it, so
-        a count the thread governor lowered would otherwise ask for a new compile. The generated
-        kernels divide their work for that count and run correctly on fewer threads, so pinning it
-        only keeps the compiled steps from shrinking with the team."""
+        torch's compiler guards on the thread count, so the graphs are compiled at each count the
+        thread governor uses (all of the team, and one thread) and a step runs at the nearest of them
+        not above the team's; the team is handed back as it was."""
         threads = torch.get_num_threads()
-        if threads != self.threads:
-            torch.set_num_threads(self.threads)
+        run_at = self._threads_for(threads)
+        if run_at != threads:
+            torch.set_num_threads(run_at)
         try:
             with torch.compiler.set_stance("fail_on_recompile"):
                 return self._run(self.compiled, input_ids, mask, positions, cache)
@@ -240,7 +252,7 @@ class CompiledDecode:
                 raise
             raise NotCovered(str(exc)) from exc
         finally:
-            if threads != self.threads:
+            if run_at != threads:
                 torch.set_num_threads(threads)
 
     def _run(

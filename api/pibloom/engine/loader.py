@@ -314,13 +314,18 @@ def _compile_decode(forward: llama_forward.LlamaForward, settings: Settings) -> 
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in {None, os.path.abspath(default_cache_dir())}:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root(settings) / "inductor")
     step = compiled_decode.CompiledDecode(forward)
+    most = torch.get_num_threads()
+    # With the thread governor (`serving.lifecycle`), the team drops to one thread while a neighbour
+    # keeps a core busy: graphs for that count too, or the compiled steps would keep a spinning team
+    # whose descheduled member every operation waits for.
+    governed = settings.adaptive_threads and not settings.threads and most > 1
     try:
-        step.warm()
+        step.warm((1, most) if governed else (most,))
     except Exception as exc:  # any compiler failure leaves the eager pass, which computes the same
         log.warning("decode steps run eagerly: compiling the decode step failed: %s", exc)
         return
     forward.compiled = step
-    log.info("decode steps run compiled (compiled in %.0f s)", step.seconds)
+    log.info("decode steps run compiled (compiled in %.0f s, for %s threads)", step.seconds, step.thread_counts)
 
 
 def finish_loading(

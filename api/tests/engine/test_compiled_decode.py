@@ -146,7 +146,7 @@ def test_the_loader_keeps_the_eager_pass_when_compiling_is_off_or_fails(
     off = load_model(settings.model_copy(update={"compile_decode": False}))
     assert off.forward.compiled is None  # type: ignore[attr-defined]
 
-    def broken(self: CompiledDecode) -> None:
+    def broken(self: CompiledDecode, threads: tuple[int, ...] = ()) -> None:
         raise RuntimeError("the compiler is broken")
 
     monkeypatch.setattr(compiled_decode.CompiledDecode, "warm", broken)
@@ -165,11 +165,12 @@ def _one_step(loaded: LoadedModel, lengths: list[int]) -> torch.Tensor:
 def test_a_team_the_governor_shrank_still_runs_the_compiled_graphs(
     compiled: LoadedModel, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """torch's compiler guards on the thread count: the compiled step runs at the count it was compiled
-    at and hands the team back as it found it, with no eager fallback."""
+    """torch's compiler guards on the thread count: with the governor on (the default), the graphs are
+    compiled for the whole team and for one thread, so a team it shrank runs them without a compile or
+    an eager fallback, and keeps its size."""
     step = compiled.forward.compiled  # type: ignore[attr-defined]
-    assert step.threads == torch.get_num_threads()
     before = torch.get_num_threads()
+    assert step.thread_counts == ((1, before) if before > 1 else (1,))
     try:
         torch.set_num_threads(1)
         with caplog.at_level("DEBUG", logger="pibloom.engine.llama_forward"):
@@ -188,7 +189,7 @@ def test_a_step_outside_both_graphs_runs_eagerly_with_one_warning(
     """Pinned to a thread count it was not compiled at, the graphs do not cover the step: it is computed
     by the eager pass (same logits), the cache written once, and the warning is not repeated."""
     step = compiled.forward.compiled  # type: ignore[attr-defined]
-    monkeypatch.setattr(step, "threads", step.threads + 1)
+    monkeypatch.setattr(step, "thread_counts", (torch.get_num_threads() + 1,))
     monkeypatch.setattr(compiled.forward, "_eager_steps", 0)
     before = torch.get_num_threads()
     with caplog.at_level("WARNING", logger="pibloom.engine.llama_forward"):
@@ -198,3 +199,15 @@ def test_a_step_outside_both_graphs_runs_eagerly_with_one_warning(
     assert torch.get_num_threads() == before
     warnings = [r for r in caplog.records if "does not cover it" in r.getMessage()]
     assert len(warnings) == 1 and compiled.forward._eager_steps == 3  # type: ignore[attr-defined]
+
+
+def test_a_team_between_the_compiled_counts_runs_at_the_nearest_below(compiled: LoadedModel) -> None:
+    step = compiled.forward.compiled  # type: ignore[attr-defined]
+    step_counts = step.thread_counts
+    try:
+        step.thread_counts = (1, 4)
+        assert [step._threads_for(n) for n in (1, 2, 3, 4, 8)] == [1, 1, 1, 4, 4]
+        step.thread_counts = (2,)
+        assert step._threads_for(1) == 2  # none below: the least
+    finally:
+        step.thread_counts = step_counts
