@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..settings import DEFAULT_MODEL, Settings
-from . import llama_forward, output_head, quantize
+from . import compiled_decode, llama_forward, output_head, quantize
 from .forward import Forward, TransformersForward
 
 log = logging.getLogger(__name__)
@@ -299,8 +299,6 @@ def _return_freed_memory() -> None:
 def _compile_decode(forward: llama_forward.LlamaForward, settings: Settings) -> None:
     """Give the lean pass its compiled decode step where that applies; the eager pass otherwise, or if
     compiling fails (the reason is logged either way)."""
-    from . import compiled_decode
-
     why_not = compiled_decode.unavailable(forward)
     if why_not is not None:
         log.info("decode steps run eagerly: no compiled step on %s", why_not)
