@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kv_cache import LaneGroup, SlotCache
+from .kv_cache import SlotCache
 
 if TYPE_CHECKING:
     from .llama_forward import LlamaForward  # which imports this module
@@ -55,26 +55,18 @@ _TUNE_ROWS = 16
 
 
 class _StepContext(threading.local):
-    """What the attention operator needs and the graph must not see: this step's cache and mask."""
+    """What the attention operator needs and the graph must not see: the pass whose attention it runs,
+    and this step's caches and masks (`LlamaForward.decode_targets`)."""
 
-    cache: Any = None
-    bias: torch.Tensor | None = None
-    # For a `LaneGroup`: each lane's cache, its rows of the batch and its own padding bias.
-    lanes: list[tuple[Any, slice, torch.Tensor]] | None = None
-    scale: float = 1.0
-    gqa: bool = False
+    forward: Any = None
+    targets: list[Any] | None = None
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: int) -> torch.Tensor:
-    def one(cache: Any, bias: torch.Tensor | None, rows: slice) -> torch.Tensor:
-        keys, values = cache.update(key[rows], value[rows], layer)
-        return F.scaled_dot_product_attention(
-            query[rows], keys, values, attn_mask=bias, scale=_STEP.scale, enable_gqa=_STEP.gqa
-        )
-
-    if _STEP.lanes is None:
-        return one(_STEP.cache, _STEP.bias, slice(None)).contiguous()
-    return torch.cat([one(cache, bias, rows) for cache, rows, bias in _STEP.lanes])
+    assert _STEP.targets is not None
+    # Contiguous, as the operator's fake output says it is (torch's attention may return another layout).
+    out: torch.Tensor = _STEP.forward.attend_decode(query, key, value, layer, _STEP.targets)
+    return out.contiguous()
 
 
 _STEP = _StepContext()
@@ -271,17 +263,10 @@ class CompiledDecode:
         if dynamic:
             for tensor in (h, cos, sin):
                 torch._dynamo.mark_dynamic(tensor, 0)
-        if isinstance(cache, LaneGroup):
-            _STEP.lanes = [
-                (lane.cache, slice(lane.first, lane.first + lane.rows), forward._attention_mask(lane.mask, 1, h.dtype))
-                for lane in cache.lanes
-            ]
-        else:
-            _STEP.cache, _STEP.bias = cache, forward._attention_mask(mask, 1, h.dtype)
-        _STEP.scale, _STEP.gqa = forward.scale, forward.kv_heads != forward.heads
+        _STEP.forward, _STEP.targets = forward, forward.decode_targets(cache, mask, h.dtype)
         try:
             out = graph(h, cos, sin)
         finally:
-            _STEP.cache = _STEP.bias = _STEP.lanes = None
+            _STEP.forward = _STEP.targets = None
         logits: torch.Tensor = forward.head(out[:, None])
         return logits

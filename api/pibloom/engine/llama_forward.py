@@ -94,6 +94,8 @@ class _Dense:
 
 
 Projection = Callable[[torch.Tensor], torch.Tensor]
+# A decode step's attention target: a cache, the batch rows it holds (None: all) and their padding bias.
+DecodeTarget = tuple[Any, slice | None, torch.Tensor]
 
 
 class _ByTokens:
@@ -259,10 +261,8 @@ class LlamaForward:
         h = self.embed(input_ids)
         cos, sin = self.rotary(h, positions)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [rows, 1, steps, head_dim]: broadcast over heads
-        lanes = cache.lanes if isinstance(cache, LaneGroup) else None
-        if lanes is not None:
-            # Each lane attends over its own columns only, with its own padding mask.
-            biases = [self._attention_mask(lane.mask, 1, h.dtype) for lane in lanes]
+        if steps == 1:
+            targets = self.decode_targets(cache, mask, h.dtype)
         else:
             attend = self._attention_mask(mask, steps, h.dtype)
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
@@ -274,16 +274,8 @@ class LlamaForward:
             qk = qkv[:, :rotated]
             # Rotary on queries and keys at once: x * cos + rotate_half(x) * sin.
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
-            if lanes is not None:
-                parts = []
-                for g, lane in enumerate(lanes):
-                    rows_of = slice(lane.first, lane.first + lane.rows)
-                    keys, values = lane.cache.update(qk[rows_of, heads:], qkv[rows_of, rotated:], index)
-                    parts.append(self._decode_attention(qk[rows_of, :heads], keys, values, biases[g]))
-                attn = torch.cat(parts)
-            elif steps == 1:
-                keys, values = cache.update(qk[:, heads:], qkv[:, rotated:], index)
-                attn = self._decode_attention(qk[:, :heads], keys, values, attend)
+            if steps == 1:
+                attn = self.attend_decode(qk[:, :heads], qk[:, heads:], qkv[:, rotated:], index, targets)
             else:
                 keys, values = cache.update(qk[:, heads:], qkv[:, rotated:], index)
                 attn = F.scaled_dot_product_attention(
@@ -297,6 +289,33 @@ class LlamaForward:
             h = h[:, -keep:]
         h = F.rms_norm(h, (h.shape[-1],), self.final_norm, self.eps)
         return self.head(h)
+
+    def decode_targets(self, cache: Any, mask: torch.Tensor, dtype: torch.dtype) -> list[DecodeTarget]:
+        """Where a decode step's keys and values go and what each part attends with: for a `LaneGroup`,
+        each lane's cache, its rows of the batch and its own padding bias (a lane attends over its own
+        columns only); otherwise the one cache, for every row."""
+        if isinstance(cache, LaneGroup):
+            return [
+                (lane.cache, slice(lane.first, lane.first + lane.rows), self._attention_mask(lane.mask, 1, dtype))
+                for lane in cache.lanes
+            ]
+        return [(cache, None, self._attention_mask(mask, 1, dtype))]
+
+    def attend_decode(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: int, targets: list[DecodeTarget]
+    ) -> torch.Tensor:
+        """One decode step's attention at `layer`: the new keys and values written into each target's
+        cache, each target's rows attending over its columns (the eager pass and the compiled step's
+        attention operator both run this)."""
+        parts = []
+        for cache, rows, bias in targets:
+            if rows is None:
+                keys, values = cache.update(key, value, layer)
+                parts.append(self._decode_attention(query, keys, values, bias))
+            else:
+                keys, values = cache.update(key[rows], value[rows], layer)
+                parts.append(self._decode_attention(query[rows], keys, values, bias))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _decode_attention(
         self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..settings import DEFAULT_MODEL, Settings
-from . import compiled_decode, llama_forward, output_head, quantize
+from . import compiled_decode, llama_forward, output_head, quantize, threads
 from .forward import Forward, TransformersForward
 
 log = logging.getLogger(__name__)
@@ -316,9 +316,8 @@ def _compile_decode(forward: llama_forward.LlamaForward, settings: Settings) -> 
     # With the thread governor (`serving.lifecycle`), the team drops to one thread while a neighbour
     # keeps a core busy: graphs for that count too, or the compiled steps would keep a spinning team
     # whose descheduled member every operation waits for.
-    governed = settings.adaptive_threads and not settings.threads and most > 1
     try:
-        step.warm((1, most) if governed else (most,))
+        step.warm((1, most) if threads.governed(settings, most) else (most,))
     except Exception as exc:  # any compiler failure leaves the eager pass, which computes the same
         log.warning("decode steps run eagerly: compiling the decode step failed: %s", exc)
         return

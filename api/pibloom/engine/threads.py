@@ -19,7 +19,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from ..settings import Settings
+
 log = logging.getLogger(__name__)
+
+
+def governed(settings: Settings, most: int) -> bool:
+    """Whether a governor sizes the team: on (`PIBLOOM_ADAPTIVE_THREADS`), no count fixed by the
+    operator (`PIBLOOM_THREADS`), and more than one thread to give up."""
+    return settings.adaptive_threads and not settings.threads and most > 1
 
 
 class ThreadGovernor:

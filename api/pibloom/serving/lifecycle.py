@@ -15,7 +15,7 @@ import torch
 from ..engine.loader import LoadedModel, load_model
 from ..engine.memory import container_memory_limit, kv_budget, resident_bytes
 from ..engine.scheduler import Engine
-from ..engine.threads import ThreadGovernor
+from ..engine.threads import ThreadGovernor, governed
 from ..metrics import Metrics
 from ..settings import Settings
 from .errors import ErrorKind, ServingError, unavailable
@@ -99,7 +99,7 @@ class ModelHost:
         """Sizes torch's thread team from the inference thread's share of a core, unless the operator
         fixed the count (`PIBLOOM_THREADS`). Called on the inference thread, whose team it sizes."""
         most = torch.get_num_threads()
-        if not self.settings.adaptive_threads or self.settings.threads or most < 2:
+        if not governed(self.settings, most):
             return None
         gauge = self.metrics.engine_threads
 
