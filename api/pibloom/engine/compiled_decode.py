@@ -223,7 +223,12 @@ class CompiledDecode:
         return max(fitting) if fitting else self.thread_counts[0]
 
     def __call__(
-        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        argmax_only: bool = False,
     ) -> torch.Tensor:
         """Logits [rows, 1, vocab] of a decode step over a slot cache, a lane group or any cache with
         transformers' `update`; or raises `NotCovered` before touching the cache when the step falls
@@ -238,7 +243,7 @@ class CompiledDecode:
             torch.set_num_threads(run_at)
         try:
             with torch.compiler.set_stance("fail_on_recompile"):
-                return self._run(self.compiled, input_ids, mask, positions, cache)
+                return self._run(self.compiled, input_ids, mask, positions, cache, argmax_only=argmax_only)
         except RuntimeError as exc:
             if "recompile" not in str(exc):
                 raise
@@ -255,6 +260,7 @@ class CompiledDecode:
         positions: torch.Tensor,
         cache: Any,
         dynamic: bool = False,
+        argmax_only: bool = False,
     ) -> torch.Tensor:
         forward = self.forward
         h = forward.embed(input_ids)
@@ -268,5 +274,4 @@ class CompiledDecode:
             out = graph(h, cos, sin)
         finally:
             _STEP.forward = _STEP.targets = None
-        logits: torch.Tensor = forward.head(out[:, None])
-        return logits
+        return forward.logits(out[:, None], argmax_only)

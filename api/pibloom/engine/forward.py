@@ -1,8 +1,10 @@
 """The forward pass behind one signature, whichever code computes it.
 
-`forward(input_ids, mask, positions, cache, keep)` returns the logits of the last `keep` positions
-(0: all) as [rows, positions, vocab]. The loader picks the implementation once per model: piBLOOM's
-lean pass (`llama_forward`) where it covers the architecture, transformers' otherwise.
+`forward(input_ids, mask, positions, cache, keep, argmax_only)` returns the logits of the last `keep`
+positions (0: all) as [rows, positions, vocab]; with `argmax_only` (the caller takes each row's largest
+and nothing else) an implementation may rank the vocabulary coarsely, only the best logits exact. The
+loader picks the implementation once per model: piBLOOM's lean pass (`llama_forward`) where it covers
+the architecture, transformers' otherwise.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ class Forward(Protocol):
     name: str
 
     def __call__(
-        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, keep: int = 1
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        keep: int = 1,
+        argmax_only: bool = False,
     ) -> torch.Tensor: ...
 
 
@@ -29,7 +37,13 @@ class TransformersForward:
         self.accepts_position_ids = "position_ids" in inspect.signature(model.forward).parameters
 
     def __call__(
-        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, keep: int = 1
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        keep: int = 1,
+        argmax_only: bool = False,  # transformers' forward computes the output layer exactly anyway
     ) -> torch.Tensor:
         kwargs: dict[str, Any] = {"attention_mask": mask, "past_key_values": cache, "use_cache": True}
         if self.accepts_position_ids:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import quantize
+from . import output_head, quantize
 from .compiled_decode import CompiledDecode, NotCovered
 from .kv_cache import LaneGroup
 
@@ -245,12 +245,18 @@ class LlamaForward:
         self.scale = float(getattr(model.model.layers[0].self_attn, "scaling", self.head_dim**-0.5))
 
     def __call__(
-        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, keep: int = 1
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        keep: int = 1,
+        argmax_only: bool = False,
     ) -> torch.Tensor:
         rows, steps = input_ids.shape
         if steps == 1 and self.compiled is not None:
             try:
-                return self.compiled(input_ids, mask, positions, cache)
+                return self.compiled(input_ids, mask, positions, cache, argmax_only)
             except NotCovered as exc:  # raised before the cache is touched: the eager pass runs it
                 log.log(
                     logging.DEBUG if self._eager_steps else logging.WARNING,
@@ -288,7 +294,14 @@ class LlamaForward:
         if keep:
             h = h[:, -keep:]
         h = F.rms_norm(h, (h.shape[-1],), self.final_norm, self.eps)
-        return self.head(h)
+        return self.logits(h, argmax_only)
+
+    def logits(self, h: torch.Tensor, argmax_only: bool = False) -> torch.Tensor:
+        """The output layer over final hidden states; `argmax_only` lets a `RescoredHead` rank in 4 bits."""
+        if isinstance(self.head, output_head.RescoredHead):
+            return self.head(h, argmax_only)
+        out: torch.Tensor = self.head(h)
+        return out
 
     def decode_targets(self, cache: Any, mask: torch.Tensor, dtype: torch.dtype) -> list[DecodeTarget]:
         """Where a decode step's keys and values go and what each part attends with: for a `LaneGroup`,

@@ -63,6 +63,13 @@ def sample_row(
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def argmax_only(params: SamplingParams, shaped: bool) -> bool:
+    """Whether a row's next token is its largest logit as the model gives it, and nothing else of its
+    logits is read: greedy, no repetition penalty, no logprobs, no shaper (`shaped`: penalties, logit
+    bias, grammar). Such rows may be scored coarsely but for their best tokens (`output_head`)."""
+    return params.greedy and params.repetition_penalty == 1.0 and params.logprobs is None and not shaped
+
+
 def sample_batch(
     logits: torch.Tensor,
     params: list[SamplingParams],

@@ -34,7 +34,7 @@ from .logits import RowShaper, accept_rows, needs_shaper, shape_rows
 from .memory import kv_bytes_per_token
 from .prefix_cache import PrefixCache, PrefixHit
 from .request import Event, FinishReason, Request, SamplingParams, TokenLogprob
-from .sampling import make_generator, sample_batch, token_logprobs
+from .sampling import argmax_only, make_generator, sample_batch, token_logprobs
 from .threads import ThreadGovernor
 
 log = logging.getLogger(__name__)
@@ -616,7 +616,8 @@ class Engine:
             mask = steps[0].mask
         else:
             cache, mask = LaneGroup(steps), None
-        logits = self.loaded.forward(ids, mask, positions, cache)[:, -1, :]
+        coarse = all(argmax_only(s.request.params, s.shaper is not None) for s in rows)
+        logits = self.loaded.forward(ids, mask, positions, cache, argmax_only=coarse)[:, -1, :]
         for lane in lanes:
             lane.cache.advance(1)
         self.metrics.batch_size.observe(len(rows))

@@ -52,11 +52,30 @@ def test_small_steps_get_the_dense_argmax_and_exact_logits_for_the_candidates(bi
         assert not torch.equal(got, dense)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_argmax_only_steps_rank_in_4_bits_and_keep_the_dense_winner_and_its_rivals_exact(bias: bool) -> None:
+    linear = head(vocab=1024, bias=bias)  # 4-bit rows come in blocks of 16
+    rescored = RescoredHead(linear, rows=4)
+    assert rescored.int4 is not None and rescored.int4.packed.dtype == torch.uint8
+    for rows in (1, 2, 4):
+        x = torch.randn(rows, 1, 64).to(torch.bfloat16)
+        dense = F.linear(x, linear.weight, linear.bias).float()
+        got = rescored(x, argmax_only=True).float()
+        assert torch.equal(got.argmax(-1), dense.argmax(-1))
+        top = dense.topk(8, dim=-1).indices
+        assert torch.allclose(got.gather(-1, top), dense.gather(-1, top), rtol=BF16_ULP, atol=1e-3)
+        # The rest come from the 4-bit ranking, not the 8-bit one: coarser, and not what sampling reads.
+        eight = rescored(x).float()
+        assert not torch.equal(got, eight)
+        assert (got - dense).abs().max() > (eight - dense).abs().max()
+
+
 def test_a_row_gets_the_same_logits_alone_and_in_a_batch() -> None:
     rescored = RescoredHead(head(), rows=4)
     x = torch.randn(4, 1, 64).to(torch.bfloat16)
-    together = rescored(x)
-    assert all(torch.equal(rescored(x[i : i + 1]), together[i : i + 1]) for i in range(4))
+    for argmax_only in (False, True):
+        together = rescored(x, argmax_only)
+        assert all(torch.equal(rescored(x[i : i + 1], argmax_only), together[i : i + 1]) for i in range(4))
 
 
 def test_larger_steps_and_other_dtypes_use_the_dense_layer() -> None:

@@ -9,6 +9,7 @@ import torch
 from pibloom.engine.request import SamplingParams
 from pibloom.engine.sampling import (
     apply_repetition_penalty,
+    argmax_only,
     filter_top_k_top_p,
     make_generator,
     sample_batch,
@@ -113,3 +114,12 @@ def test_extreme_but_valid_parameters_still_sample_a_real_token() -> None:
     assert sample_row(logits, tiny_penalty, generator, [0, 1]) == 1  # the most likely seen token wins by far
     tiny_temperature = SamplingParams(temperature=1e-300)
     assert sample_row(logits, tiny_temperature, generator, []) == 1  # as greedy
+
+
+def test_argmax_only_rows_are_plain_greedy_ones_that_read_nothing_else() -> None:
+    assert argmax_only(SamplingParams(temperature=0.0), shaped=False)
+    assert argmax_only(SamplingParams(temperature=0.9, top_k=1), shaped=False)  # top_k=1 is greedy
+    assert not argmax_only(SamplingParams(temperature=0.9), shaped=False)
+    assert not argmax_only(SamplingParams(temperature=0.0, repetition_penalty=1.2), shaped=False)
+    assert not argmax_only(SamplingParams(temperature=0.0, logprobs=0), shaped=False)  # the chosen token's logprob
+    assert not argmax_only(SamplingParams(temperature=0.0), shaped=True)  # penalties, bias or a grammar

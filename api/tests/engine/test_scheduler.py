@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
+import torch
 
 from pibloom.engine.loader import LoadedModel
 from pibloom.engine.request import Event, SamplingParams
@@ -156,3 +158,45 @@ async def test_unbatched_engine_serves_one_at_a_time(model: LoadedModel) -> None
         assert steps and registry.get_sample_value("pibloom_batch_size_sum", labels) == steps  # every step had 1 row
     finally:
         engine.shutdown(10)
+
+
+async def test_decode_steps_let_the_output_layer_rank_coarsely_only_when_every_row_wants_just_the_argmax(
+    model: LoadedModel,
+) -> None:
+    """A 4-bit ranking (`output_head`) is only for steps whose rows all take the largest logit and read
+    nothing else: one sampled, penalised, biased or logprob row makes the whole step exact."""
+    seen: list[bool] = []
+    rows: list[int] = []
+    exact_forward = model.forward
+
+    def recording(*args: object, argmax_only: bool = False, **kwargs: object) -> torch.Tensor:
+        ids = args[0]
+        assert isinstance(ids, torch.Tensor)
+        if ids.shape[1] == 1:  # decode steps: one token per row
+            seen.append(argmax_only)
+            rows.append(ids.shape[0])
+        return exact_forward(*args, argmax_only=argmax_only, **kwargs)  # type: ignore[arg-type]
+
+    eng = Engine(replace(model, forward=recording), max_batch_size=8, max_queue=8, prefill_chunk=16)  # type: ignore[arg-type]
+    eng.start()
+    try:
+        prompt = ids(model, "The quick brown fox")
+        for params, coarse in [
+            (greedy(4), True),
+            (SamplingParams(max_tokens=4, top_k=1, seed=1, ignore_eos=True), True),
+            (SamplingParams(max_tokens=4, temperature=0.7, seed=1, ignore_eos=True), False),
+            (greedy(4, repetition_penalty=1.3), False),
+            (greedy(4, presence_penalty=0.5), False),
+            (greedy(4, logit_bias=((5, 1.0),)), False),
+            (greedy(4, logprobs=2), False),
+        ]:
+            seen.clear()
+            await run(eng, prompt, params)
+            assert seen and set(seen) == {coarse}, params
+        seen.clear()  # one exact row among greedy ones: the steps they share are exact
+        rows.clear()
+        await asyncio.gather(run(eng, prompt, greedy(6)), run(eng, prompt, greedy(6, logprobs=1)))
+        shared = [coarse for coarse, count in zip(seen, rows, strict=True) if count == 2]
+        assert shared and not any(shared)
+    finally:
+        eng.shutdown(10)
