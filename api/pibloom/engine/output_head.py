@@ -23,6 +23,8 @@ rescored it is found and the greedy token is the dense path's (4,737 of 4,737 me
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,6 +71,9 @@ class RescoredHead(nn.Module):
         self.register_buffer("scales", scales, persistent=False)
         self.in_features, self.out_features = head.in_features, head.out_features
         self.int4: quantize.Int4Linear | None = None  # the 4-bit ranking of argmax-only steps
+        # The same ranking for argmax-only steps of more than `rows` rows, where one is compiled
+        # (`compiled_decode.CompiledRanking`); None from it: the dense product.
+        self.ranking: Callable[[torch.Tensor], torch.Tensor | None] | None = None
         if quantize.quantizable(head) and quantize.supported(head.weight.device):
             levels4, scales_zeros = quantize.quantize_int4(head.weight)
             self.int4 = quantize.Int4Linear(quantize.pack(levels4), scales_zeros, None)  # bias added below
@@ -77,9 +82,15 @@ class RescoredHead(nn.Module):
         """Logits [..., vocab]: the best `RESCORED` of each row exact, the rest as ranked. With
         `argmax_only` they were ranked in 4 bits: fit for taking the largest, not for sampling."""
         flat = h.reshape(-1, h.shape[-1])
-        if flat.shape[0] > self.rows or h.dtype != self.weight.dtype:
+        if h.dtype != self.weight.dtype:
             return F.linear(h, self.weight, self.bias)
-        if argmax_only and self.int4 is not None:
+        logits: torch.Tensor | None = None
+        if flat.shape[0] > self.rows:
+            if argmax_only and self.ranking is not None:
+                logits = self.ranking(flat)
+            if logits is None:
+                return F.linear(h, self.weight, self.bias)
+        elif argmax_only and self.int4 is not None:
             logits = self.int4(flat)
         else:
             logits = torch._weight_int8pack_mm(flat, self.levels, self.scales)
