@@ -457,6 +457,8 @@ class Engine:
                 break
             if not seq.looked_up:
                 self._reuse_prefix(seq)
+                if self._join_cached(seq):
+                    continue
             remaining = len(seq.request.prompt_ids) - seq.prefilled
             whole = seq.prefilled == 0 and remaining <= budget and not seq.request.params.prompt_logprobs
             if whole:
@@ -478,6 +480,19 @@ class Engine:
         if hit is not None:
             seq.prefill_cache = self._seeded_cache(hit)
             seq.prefilled = hit.length
+
+    def _join_cached(self, seq: _Sequence) -> bool:
+        """A prompt cached but for its last token (a repeated prompt, a regenerated reply) joins the
+        batch at once with that token as its next input: the next decode step computes it with the
+        other rows, instead of a forward pass of its own for one token."""
+        prompt, params = seq.request.prompt_ids, seq.request.params
+        if seq.prefilled != len(prompt) - 1 or params.n != 1 or params.prompt_logprobs or params.score_only:
+            return False
+        self._prefilling.remove(seq)
+        self.metrics.prompt_tokens.inc(len(prompt))
+        cache, seq.prefill_cache = seq.prefill_cache, None
+        self._place(seq, cache, 0, seq.prefilled, prompt[-1])
+        return True
 
     def _seeded_cache(self, hit: PrefixHit) -> DynamicCache:
         cache = DynamicCache(config=self.model.config)
@@ -572,7 +587,11 @@ class Engine:
             lp = token_logprobs(logits.view(1, -1), torch.tensor([token], device=logits.device), params.logprobs)[0]
         if self._emit(seq, token, lp):
             return
-        size = len(seq.request.prompt_ids)
+        self._place(seq, prefill_cache, src_row, len(seq.request.prompt_ids), token)
+
+    def _place(self, seq: _Sequence, prefill_cache: Any, src_row: int, size: int, next_token: int) -> None:
+        """Give the sequence a row of a lane holding the `size` columns of `src_row` of the prefill
+        cache; `next_token` is what the next decode step feeds it."""
         lane = self._lane_for(size)
         cache = lane.cache
         if not lane.seqs:
@@ -588,7 +607,7 @@ class Engine:
         rows = projected[self._lanes.index(lane)][0]  # the lane's rows once the others have joined
         cache.insert(len(lane.seqs), prefill_cache, src_row, size, rows=rows + 1)
         seq.start = cache.length - size
-        seq.next_token = token
+        seq.next_token = next_token
         lane.seqs.append(seq)
 
     def _lane_for(self, size: int) -> _Lane:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from pibloom.engine.loader import LoadedModel
 from pibloom.engine.prefix_cache import PrefixCache, common_prefix
+from pibloom.engine.request import SamplingParams
 from pibloom.engine.scheduler import Engine
 from pibloom.metrics import Metrics
 
@@ -120,3 +124,44 @@ async def test_prompt_logprobs_are_never_served_from_the_cache(reusing: Engine, 
         if event.prompt_logprobs is not None:
             seen.append(len(event.prompt_logprobs))
     assert seen == [len(prompt)]  # every prompt token after the first was scored by a real prefill
+
+
+async def test_a_prompt_cached_but_for_its_last_token_joins_the_batch_without_a_prefill_pass(
+    model: LoadedModel,
+) -> None:
+    """A repeated prompt (a regenerated reply) is cached up to its last token: that token is fed by the
+    next decode step, with the other rows, and the replies are the same tokens as without the cache,
+    alone or beside other rows; sampled with a seed, the same draw too."""
+    passes: list[tuple[int, int]] = []  # (rows, tokens) of every forward pass not over the batch's lanes
+    exact_forward = model.forward
+
+    def recording(*args: Any, **kwargs: Any) -> torch.Tensor:
+        ids_in, cache = args[0], args[3]
+        if isinstance(cache, DynamicCache):
+            passes.append(tuple(ids_in.shape))  # type: ignore[arg-type]
+        return exact_forward(*args, **kwargs)  # type: ignore[no-any-return]
+
+    eng = Engine(
+        replace(model, forward=recording), max_batch_size=8, max_queue=8, prefill_chunk=16, prefix_cache_bytes=64 << 20
+    )
+    eng.start()
+    try:
+        prompt = ids(model, "The quick brown fox jumps over the lazy dog. Raspberry Pi clusters")
+        first, _, _ = await run(eng, prompt, greedy(12))
+        assert first == reference(model, prompt, 12)
+        passes.clear()
+        again, _, _ = await run(eng, prompt, greedy(12))
+        assert again == first and passes == []  # no forward pass of its own
+        other = ids(model, "Numbers 0 1 2 3 4 5 6 7 8 9")
+        together = await asyncio.gather(run(eng, prompt, greedy(12)), run(eng, other, greedy(12)))
+        assert together[0][0] == first and together[1][0] == reference(model, other, 12)
+        sampled = SamplingParams(max_tokens=10, temperature=0.9, seed=7, ignore_eos=True)
+        fresh = Engine(model, max_batch_size=8, max_queue=8, prefill_chunk=16)
+        fresh.start()
+        try:
+            uncached = (await run(fresh, prompt, sampled))[0]
+        finally:
+            fresh.shutdown(10)
+        assert (await run(eng, prompt, sampled))[0] == uncached
+    finally:
+        eng.shutdown(10)
