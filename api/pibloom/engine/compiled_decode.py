@@ -14,7 +14,9 @@ become part of the compiled code, which is why the graph covers the whole stack 
 one projection at a time (each would be compiled anew). Attention stays outside it as a custom
 operator: it writes the new keys and values into the engine's cache, whose length changes every step
 and whose rows come and go, and that the graph should not see. Two graphs are compiled at load, one
-for a single row and one for any other count, so no step ever waits for the compiler.
+for a single row and one for any other count, so no step ever waits for the compiler. Beside them,
+the output layer's 4-bit ranking of argmax-only steps is compiled for more than a few rows
+(`CompiledRanking`).
 """
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ def quantize_int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 class RescoredHead(nn.Module):
     """Takes the model's output layer's place: inputs of up to `rows` positions are ranked in 8 bits
     (4 for argmax-only steps) and their best candidates rescored exactly; larger ones go through the
-    dense layer. The dense
-    weight (often the tied input embedding) stays shared, not copied."""
+    dense layer, or for argmax-only steps through `ranking` where one was compiled. The dense weight
+    (often the tied input embedding) stays shared, not copied; the 4-bit copy costs a quarter of it."""
 
     def __init__(self, head: nn.Linear, rows: int) -> None:
         super().__init__()
