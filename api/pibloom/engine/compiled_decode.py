@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import output_head, quantize
+from . import output_head
 from .kv_cache import SlotCache
 
 if TYPE_CHECKING:
@@ -175,19 +175,6 @@ class _Stack(nn.Module):
         return F.rms_norm(h, (hidden,), self.final_norm, self.eps)
 
 
-class _Ranking(nn.Module):
-    """The output layer's 4-bit ranking (`output_head.RescoredHead.int4`) as a graph of its own."""
-
-    def __init__(self, int4: quantize.Int4Linear) -> None:
-        super().__init__()
-        self.register_buffer("packed", int4.packed, persistent=False)
-        self.register_buffer("scales_zeros", int4.scales_zeros, persistent=False)
-        self.group = int4.group
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch._weight_int4pack_mm_for_cpu(h, self.packed, self.group, self.scales_zeros)
-
-
 class CompiledRanking:
     """The argmax-only ranking of steps of several rows through inductor's 4-bit GEMM: past four rows
     torch's kernel unpacks the weights once per row (32 rows: 10.7 ms for SmolLM2's output layer, more
@@ -202,17 +189,26 @@ class CompiledRanking:
         if torch.get_num_threads() not in self.thread_counts:
             return None
         try:
-            with torch.compiler.set_stance("fail_on_recompile"):
-                out: torch.Tensor = self.compiled(h)
-                return out
-        except RuntimeError as exc:
-            if "recompile" not in str(exc):
-                raise
+            out: torch.Tensor = _without_compiling(self.compiled, h)
+        except NotCovered:
             return None
+        return out
 
 
 class NotCovered(Exception):
-    """A decode step neither compiled graph covers; raised before anything was computed."""
+    """A call the compiled graphs do not cover; raised before anything was computed."""
+
+
+def _without_compiling(graph: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a compiled graph, raising `NotCovered` where it would have to compile again (torch's
+    fail-on-recompile stance raises that as a plain `RuntimeError`)."""
+    try:
+        with torch.compiler.set_stance("fail_on_recompile"):
+            return graph(*args, **kwargs)
+    except RuntimeError as exc:
+        if "recompile" not in str(exc):
+            raise
+        raise NotCovered(str(exc)) from exc
 
 
 class CompiledDecode:
@@ -237,9 +233,7 @@ class CompiledDecode:
         compiled = torch.compile(self.stack, fullgraph=True)
         forward = self.forward
         head = forward.head if isinstance(forward.head, output_head.RescoredHead) else None
-        ranking = (
-            None if head is None or head.int4 is None else torch.compile(_Ranking(head.int4).eval(), fullgraph=True)
-        )
+        ranking = None if head is None or head.int4 is None else torch.compile(head.int4.eval(), fullgraph=True)
         current = torch.get_num_threads()
         counts = tuple(sorted(set(threads or (current,))))
         start = time.perf_counter()
@@ -291,12 +285,10 @@ class CompiledDecode:
         if run_at != threads:
             torch.set_num_threads(run_at)
         try:
-            with torch.compiler.set_stance("fail_on_recompile"):
-                return self._run(self.compiled, input_ids, mask, positions, cache, argmax_only=argmax_only)
-        except RuntimeError as exc:
-            if "recompile" not in str(exc):
-                raise
-            raise NotCovered(str(exc)) from exc
+            logits: torch.Tensor = _without_compiling(
+                self._run, self.compiled, input_ids, mask, positions, cache, argmax_only=argmax_only
+            )
+            return logits
         finally:
             if run_at != threads:
                 torch.set_num_threads(threads)
