@@ -22,19 +22,16 @@ the output layer's 4-bit ranking of argmax-only steps is compiled for more than 
 from __future__ import annotations
 
 import logging
-import os
 import platform
-import shutil
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import output_head
+from . import output_head, toolchain
 from .kv_cache import SlotCache
 
 if TYPE_CHECKING:
@@ -97,13 +94,6 @@ def _attention_operator() -> Any:
     return _operator
 
 
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
 def unavailable(forward: LlamaForward) -> str | None:
     """None when the compiled step applies to this pass on this machine; otherwise why not."""
     if platform.machine().lower() not in {"x86_64", "amd64"}:
@@ -115,11 +105,7 @@ def unavailable(forward: LlamaForward) -> str | None:
     weights = forward.final_norm
     if weights.dtype not in {torch.bfloat16, torch.float32} or weights.device.type != "cpu":
         return f"{weights.dtype} on {weights.device.type}, not bfloat16 or float32 on the CPU"
-    if _compiler() is None:
-        return "no C++ compiler (g++, c++ or clang++) on PATH"
-    if not (Path(torch.__file__).parent / "include" / "ATen").is_dir():
-        return "torch's C++ headers are missing"
-    return None
+    return toolchain.missing()
 
 
 class _Stack(nn.Module):

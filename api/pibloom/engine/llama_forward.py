@@ -7,8 +7,8 @@ mathematics with about a third of the operations per layer: q/k/v and gate/up ar
 (weights concatenated once; the model's own parameters become views of them or, where oneDNN runs
 bfloat16, compute through one packed copy, so memory does not grow), rotary embedding is applied to
 queries and keys together, the mask is built once per step, and attention is one grouped-query
-call: `scaled_dot_product_attention` for prompts and small decode steps, two batched matmuls for
-larger ones (see `_decode_attention`).
+call: piBLOOM's own kernel for decode steps where it is built (`attention_kernel`), otherwise and for
+prompts `scaled_dot_product_attention`.
 
 It reads the model's own modules for everything that varies between checkpoints (the rotary
 embedding with its scaling rules, norms' epsilon, biases), and writes keys and values through the
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import output_head, quantize
+from . import attention_kernel, output_head, quantize
 from .compiled_decode import CompiledDecode, NotCovered
 from .kv_cache import LaneGroup
 
@@ -242,6 +242,8 @@ class LlamaForward:
         # Set by the loader where the compiled decode step applies (`compiled_decode`).
         self.compiled: CompiledDecode | None = None
         self._eager_steps = 0  # decode steps the compiled step did not cover (warned once)
+        # piBLOOM's decode attention, set by the loader where it is built for this model (`attention_kernel`).
+        self.attention_kernel: attention_kernel.Kernel | None = None
         self.scale = float(getattr(model.model.layers[0].self_attn, "scaling", self.head_dim**-0.5))
 
     def __call__(
@@ -303,10 +305,20 @@ class LlamaForward:
         out: torch.Tensor = self.head(h)
         return out
 
+    def fits_attention_kernel(self) -> bool:
+        """Whether piBLOOM's decode attention covers this pass (shape, dtype, on the CPU); the loader
+        then builds it and sets `attention_kernel`."""
+        weights = self.final_norm
+        return weights.device.type == "cpu" and attention_kernel.supports(
+            self.heads, self.kv_heads, self.head_dim, weights.dtype
+        )
+
     def decode_targets(self, cache: Any, mask: torch.Tensor, dtype: torch.dtype) -> list[DecodeTarget]:
         """Where a decode step's keys and values go and what each part attends with: for a `LaneGroup`,
         each lane's cache, its rows of the batch and its own padding bias (a lane attends over its own
         columns only); otherwise the one cache, for every row."""
+        if self.attention_kernel is not None:
+            dtype = torch.float32  # the kernel's bias
         if isinstance(cache, LaneGroup):
             return [
                 (lane.cache, slice(lane.first, lane.first + lane.rows), self._attention_mask(lane.mask, 1, dtype))
@@ -339,7 +351,14 @@ class LlamaForward:
         process, a 32-row step of ~500 columns took 134 ms against 154 with the matmuls (measured).
         The keys and values are views of the cache's first `length` columns, not its whole buffers: the
         kernel follows their strides without copying, and reads no column past the length (the
-        buffers grow by a quarter at a time; 32 rows at 300 of 512 columns: 488 against 714 us)."""
+        buffers grow by a quarter at a time; 32 rows at 300 of 512 columns: 488 against 714 us).
+        piBLOOM's kernel, where set, takes the same views and the bias as [rows, columns]."""
+        rows = query.shape[0]
+        if self.attention_kernel is not None:
+            out = self.attention_kernel(
+                query.reshape(rows, self.heads, self.head_dim), keys, values, bias.view(rows, -1), self.scale
+            )
+            return out.view(rows, self.heads, 1, self.head_dim)
         return F.scaled_dot_product_attention(
             query, keys, values, attn_mask=bias, scale=self.scale, enable_gqa=self.kv_heads != self.heads
         )

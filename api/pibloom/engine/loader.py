@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..settings import DEFAULT_MODEL, Settings
-from . import compiled_decode, llama_forward, output_head, quantize, threads
+from . import attention_kernel, compiled_decode, llama_forward, output_head, quantize, threads
 from .forward import Forward, TransformersForward
 
 log = logging.getLogger(__name__)
@@ -296,6 +296,27 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _attach_attention_kernel(forward: llama_forward.LlamaForward, settings: Settings) -> None:
+    """Give the lean pass piBLOOM's decode attention where it builds and fits the model; torch's
+    attention otherwise (the reason is logged either way)."""
+    why_not = attention_kernel.unavailable()
+    if why_not is not None:
+        log.info("decode attention runs on torch's kernel: no build of piBLOOM's on %s", why_not)
+        return
+    if not forward.fits_attention_kernel():
+        log.info("decode attention runs on torch's kernel: piBLOOM's does not cover this model's shape or dtype")
+        return
+    try:
+        kernel = attention_kernel.load(
+            cache_root(settings) / "kernels", forward.head_dim, forward.heads // forward.kv_heads
+        )
+    except Exception as exc:  # a failed build leaves torch's attention, which computes the same
+        log.warning("decode attention runs on torch's kernel: building piBLOOM's failed: %s", exc)
+        return
+    forward.attention_kernel = kernel
+    log.info("decode attention runs on piBLOOM's kernel")
+
+
 def _compile_decode(forward: llama_forward.LlamaForward, settings: Settings) -> None:
     """Give the lean pass its compiled decode step where that applies; the eager pass otherwise, or if
     compiling fails (the reason is logged either way)."""
@@ -357,6 +378,8 @@ def finish_loading(
     int4_rows = int4_rows if why_not is None and not int4 else 0
     if why_not is None:
         forward = llama_forward.LlamaForward(model, int4=int4, int4_tokens=int4_rows)
+        if settings.attention_kernel:
+            _attach_attention_kernel(forward, settings)
         if settings.compile_decode:
             _compile_decode(forward, settings)
     else:

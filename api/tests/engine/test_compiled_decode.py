@@ -54,7 +54,8 @@ def eager(loaded: LoadedModel) -> LoadedModel:
 def test_decode_steps_of_padded_rows_match_the_eager_pass(dtype: str, request: pytest.FixtureRequest) -> None:
     """Rows of different lengths (left padding), from one to five rows: the logits of every decode step
     agree with the eager pass's (float32: to 1e-4 of their range; bfloat16: to 2^-5 of it, a few of
-    its rounding steps), and pick the same greedy tokens."""
+    its rounding steps), and pick the same greedy tokens (in bfloat16: wherever no near-tie makes that
+    a matter of rounding)."""
     loaded: LoadedModel = request.getfixturevalue("compiled" if dtype == "float32" else "compiled_bf16")
     vocab = loaded.model.config.vocab_size
     for lengths in ([9], [9, 4, 12], [3, 3, 7, 10, 5]):
@@ -64,7 +65,12 @@ def test_decode_steps_of_padded_rows_match_the_eager_pass(dtype: str, request: p
         real = mask.bool()
         scale = float(slow[real].abs().max()) * (1e-4 if dtype == "float32" else 2**-5)
         assert torch.allclose(fast[real].float(), slow[real].float(), atol=scale, rtol=0)
-        assert torch.equal(fast[real].argmax(-1), slow[real].argmax(-1))
+        # The same greedy token wherever the eager pass's best two are further apart than twice that
+        # tolerance (float32: everywhere here; in bfloat16 a random tiny model has near-ties).
+        top2 = slow[real].float().topk(2, dim=-1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 2 * scale
+        assert dtype == "bfloat16" or bool(clear.all())
+        assert torch.equal(fast[real].argmax(-1)[clear], slow[real].argmax(-1)[clear])
 
 
 def test_served_greedy_tokens_are_the_eager_pass_tokens_alone_and_batched(compiled: LoadedModel) -> None:

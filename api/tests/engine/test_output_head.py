@@ -129,8 +129,11 @@ async def test_served_bfloat16_model_decodes_as_with_the_dense_output_layer(
     assert rescored.lean == (model == "llama")
     if rescored.lean:
         assert rescored.forward.head is rescored.model.lm_head  # the lean pass calls it
-    alone = await engine_greedy(rescored, batched=False)
-    assert alone == await engine_greedy(rescored) == await engine_greedy(dense, batched=False)
+    # Alone and batched, each against the dense layer in the same batches: in bfloat16 the tiny model's
+    # logits tie exactly at times (a gap of 0.0 between the best two), and which of them a step picks
+    # then depends on how the batch's matmuls round; batch invariance is tested in float32.
+    for batched in (False, True):
+        assert await engine_greedy(rescored, batched=batched) == await engine_greedy(dense, batched=batched)
 
 
 @pytest.mark.parametrize("model", ["llama", "bloom"])
