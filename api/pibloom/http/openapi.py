@@ -65,6 +65,16 @@ def _has_stream_option(operation: dict[str, Any], schemas: dict[str, Any]) -> bo
     return "stream" in _body_fields(operation, schemas)
 
 
+# One server-sent event of a `stream: true` answer. Per event, as OpenAPI 3.2's `itemSchema` has it and
+# as schemathesis reads `schema` on 3.0 and 3.1: it validates each parsed event against this.
+_STREAM_EVENT: dict[str, Any] = {
+    "type": "object",
+    "description": "`stream: true`: one event per chunk, its `data` the chunk's JSON; the last `data` is [DONE]",
+    "required": ["data"],
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}},
+}
+
+
 def patch_schema(schema: dict[str, Any]) -> dict[str, Any]:
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
     for model in (OpenAIError, Detail):
@@ -88,9 +98,7 @@ def patch_schema(schema: dict[str, Any]) -> dict[str, Any]:
                 responses.setdefault(str(status), _error(status, body))
             if _has_stream_option(operation, schemas) and "200" in responses:
                 content = responses["200"].setdefault("content", {})
-                content["text/event-stream"] = {
-                    "schema": {"type": "string", "description": "`stream: true`: `data: {chunk}` lines, then [DONE]"}
-                }
+                content["text/event-stream"] = {"schema": _STREAM_EVENT}
     return schema
 
 

@@ -7,6 +7,7 @@ import json
 import threading
 
 import httpx
+import jsonschema
 import openai
 import pytest
 from starlette.requests import Request
@@ -209,6 +210,20 @@ def test_docs_and_openapi(base_url: str) -> None:
     assert httpx.get(f"{base_url}/docs").status_code == 200
     paths = httpx.get(f"{base_url}/openapi.json").json()["paths"]
     assert {"/chat/", "/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(paths)
+
+
+def test_stream_events_match_the_published_per_event_schema(base_url: str) -> None:
+    """The schema describes one event of a `stream: true` answer (what schemathesis validates each
+    parsed event against), not the stream as one string."""
+    paths = httpx.get(f"{base_url}/openapi.json").json()["paths"]
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        event_schema = paths[path]["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+        assert event_schema["type"] == "object" and event_schema["required"] == ["data"]
+    body = {**chat_body(max_tokens=4, temperature=0), "stream": True}
+    events = sse_events(httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=60))
+    assert events[-1] == "[DONE]"
+    for data in events:
+        jsonschema.validate({"data": data, "event": "message"}, event_schema)
 
 
 def test_overload_answers_503_with_retry_after_at_once(server_factory: ServerFactory) -> None:
