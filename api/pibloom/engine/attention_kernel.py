@@ -84,13 +84,28 @@ def _flags(head_dim: int, group: int) -> list[str]:
     ]
 
 
+def _cpu_features() -> str:
+    """The CPU's instruction set extensions as the kernel sees them: `-march=native` builds for them, so a
+    cache directory that moves to another CPU (a volume, a checkout on another machine) must not
+    hand it a build that would stop on an illegal instruction."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def library_path(directory: Path, head_dim: int, group: int) -> Path:
-    """Where the kernel built for a head size and group lives: named by its source, the flags and
-    torch's version, so a change to any of them builds it anew."""
+    """Where the kernel built for a head size and group lives: named by its source, the flags, the CPU's
+    features and torch's version, so a change to any of them builds it anew."""
     flags = _flags(head_dim, group)
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
     key.update(" ".join(flags).encode())
+    key.update(_cpu_features().encode())
     key.update(torch.__version__.encode())
     return directory / f"decode_attention-{head_dim}-{group}-{key.hexdigest()[:16]}.so"
 

@@ -113,6 +113,15 @@ def test_builds_are_kept_per_shape_and_reused(build_dir: Path) -> None:
     assert not list(build_dir.glob("*.tmp"))
 
 
+def test_a_build_for_another_cpu_is_not_reused(build_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built with -march=native: a cache directory that moves to a CPU with other extensions (a volume,
+    a checkout on another machine) gets a build of its own rather than one that stops on an illegal
+    instruction."""
+    here = attention_kernel.library_path(build_dir, 64, 3)
+    monkeypatch.setattr(attention_kernel, "_cpu_features", lambda: "flags : fpu sse2 avx2")
+    assert attention_kernel.library_path(build_dir, 64, 3) != here
+
+
 def test_a_failed_build_raises_with_the_compiler_s_output(
     build_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
