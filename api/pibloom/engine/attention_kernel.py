@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import toolchain
+from . import cpu, toolchain
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ _loaded: dict[tuple[int, int], Kernel] = {}
 
 def unavailable() -> str | None:
     """None when the kernel can be built here; otherwise why not."""
-    if platform.machine().lower() not in {"x86_64", "amd64"}:
+    if not cpu.x86_64():
         return f"the {platform.machine()} architecture (the kernel is built and measured on x86-64 only)"
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in _CAPABILITY_FLAGS:
@@ -88,14 +88,7 @@ def _cpu_features() -> str:
     """The CPU's instruction set extensions as the kernel sees them: `-march=native` builds for them, so a
     cache directory that moves to another CPU (a volume, a checkout on another machine) must not
     hand it a build that would stop on an illegal instruction."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith(("flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    return platform.processor()
+    return cpu.flags() or platform.processor()
 
 
 def library_path(directory: Path, head_dim: int, group: int) -> Path:

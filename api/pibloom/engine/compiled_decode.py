@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import output_head, toolchain
+from . import cpu, output_head, toolchain
 from .kv_cache import SlotCache
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def _attention_operator() -> Any:
 
 def unavailable(forward: LlamaForward) -> str | None:
     """None when the compiled step applies to this pass on this machine; otherwise why not."""
-    if platform.machine().lower() not in {"x86_64", "amd64"}:
+    if not cpu.x86_64():
         return f"the {platform.machine()} architecture (inductor's 4-bit GEMM is x86 only)"
     if torch.backends.cpu.get_cpu_capability() not in {"AVX512", "AMX"}:
         return "a CPU without AVX-512"

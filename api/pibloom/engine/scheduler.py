@@ -488,11 +488,15 @@ class Engine:
         prompt, params = seq.request.prompt_ids, seq.request.params
         if seq.prefilled != len(prompt) - 1 or params.n != 1 or params.prompt_logprobs or params.score_only:
             return False
-        self._prefilling.remove(seq)
-        self.metrics.prompt_tokens.inc(len(prompt))
+        self._prefill_done(seq)
         cache, seq.prefill_cache = seq.prefill_cache, None
         self._place(seq, cache, 0, seq.prefilled, prompt[-1])
         return True
+
+    def _prefill_done(self, seq: _Sequence) -> None:
+        """The whole prompt is in the sequence's cache: it leaves the prefilling list, its tokens counted."""
+        self._prefilling.remove(seq)
+        self.metrics.prompt_tokens.inc(len(seq.request.prompt_ids))
 
     def _seeded_cache(self, hit: PrefixHit) -> DynamicCache:
         cache = DynamicCache(config=self.model.config)
@@ -533,8 +537,7 @@ class Engine:
         seq.logits = logits[-1:]
         seq.prefilled = end
         if end == len(prompt):
-            self._prefilling.remove(seq)
-            self.metrics.prompt_tokens.inc(len(prompt))
+            self._prefill_done(seq)
             if seq.request.params.score_only:
                 self._finish_score(seq)
             else:
@@ -553,8 +556,7 @@ class Engine:
         cache = DynamicCache(config=self.model.config)
         logits = self.loaded.forward(ids, mask, positions, cache)
         for i, seq in enumerate(group):
-            self._prefilling.remove(seq)
-            self.metrics.prompt_tokens.inc(len(seq.request.prompt_ids))
+            self._prefill_done(seq)
             seq.logits = logits[i]
             self._join(seq, cache, i)
 
