@@ -82,7 +82,8 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="With `PIBLOOM_QUANTIZE=auto`: the largest forward pass, in tokens (a decode step's "
-        "streams), that runs on the 4-bit weights; larger ones run dense. Default: 8 in bfloat16 (the embedded "
+        "streams), that runs on the 4-bit weights; larger ones run dense (unless the compiled graphs run prompts, "
+        "as on AMX CPUs: then every pass is 4-bit). Default: 8 in bfloat16 (the embedded "
         "model's projections, measured here: 4-bit 4x faster at one row, 1.5x at eight, even at twelve, slower "
         "from sixteen), 4 in float32 on Arm (estimated; see the README's arm64 notes).",
     )

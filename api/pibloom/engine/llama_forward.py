@@ -8,7 +8,9 @@ mathematics with about a third of the operations per layer: q/k/v and gate/up ar
 bfloat16, compute through one packed copy, so memory does not grow), rotary embedding is applied to
 queries and keys together, the mask is built once per step, and attention is one grouped-query
 call: piBLOOM's own kernel for decode steps where it is built (`attention_kernel`), otherwise and for
-prompts `scaled_dot_product_attention`.
+prompts `scaled_dot_product_attention`. Where the loader compiles the stack (`compiled_decode`),
+decode steps, and on AMX CPUs prompts, run through the compiled graphs instead, whose attention
+operator calls back into this pass (`attend_decode`, `attend_prefill`).
 
 It reads the model's own modules for everything that varies between checkpoints (the rotary
 embedding with its scaling rules, norms' epsilon, biases), and writes keys and values through the
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import attention_kernel, output_head, quantize
-from .compiled_decode import CompiledDecode, NotCovered
+from .compiled_decode import CompiledDecode, NotCovered, Prefill
 from .kv_cache import LaneGroup
 
 log = logging.getLogger(__name__)
@@ -129,17 +131,23 @@ class _Packed:
 
 
 class _PackedPart(nn.Module):
-    """Takes the place of one of the linear layers a packed projection fused, computing its rows of
-    the fused product: the packed copy is then the only copy of the weights, and the model's own
+    """Takes the place of one of the linear layers a packed (or 4-bit) projection fused, computing its
+    rows of the fused product: that copy is then the only copy of the weights, and the model's own
     forward (transformers' pass, the tests' references) still computes the same function."""
 
-    def __init__(self, fused: _Packed, start: int, stop: int) -> None:
+    def __init__(self, fused: Projection, start: int, stop: int) -> None:
         super().__init__()
         self.fused, self.start, self.stop = fused, start, stop
         self.out_features = stop - start
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fused(x)[..., self.start : self.stop]
+
+
+def _dense_bytes(projection: Projection) -> int:
+    """Bytes of a dense projection's weights (logical size; oneDNN's blocked layout may pad it)."""
+    weight = projection.packed if isinstance(projection, _Packed) else getattr(projection, "weight", None)
+    return 0 if weight is None else weight.numel() * weight.element_size()
 
 
 def packing_pays(weight: torch.Tensor) -> bool:
@@ -219,12 +227,21 @@ class LlamaForward:
         self.head = model.lm_head  # an nn.Linear, or `output_head.RescoredHead` in its place
         self.layers = []
         int4_layers: list[dict[str, quantize.Int4Linear | None]] = []
+        # Projections with both dense and 4-bit weights, by the modules they fused (`drop_dense`).
+        self._owners: list[tuple[nn.Module, list[str], quantize.Int4Linear]] = []
+
+        def projection(owner: nn.Module, names: list[str]) -> tuple[Projection, quantize.Int4Linear | None]:
+            fused, fused4 = _projection(owner, names, int4, int4_tokens, pack)
+            if isinstance(fused, _ByTokens) and fused4 is not None:
+                self._owners.append((owner, names, fused4))
+            return fused, fused4
+
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            qkv, qkv4 = _projection(attn, ["q_proj", "k_proj", "v_proj"], int4, int4_tokens, pack)
-            out, out4 = _projection(attn, ["o_proj"], int4, int4_tokens, pack)
-            gate_up, gate_up4 = _projection(mlp, ["gate_proj", "up_proj"], int4, int4_tokens, pack)
-            down, down4 = _projection(mlp, ["down_proj"], int4, int4_tokens, pack)
+            qkv, qkv4 = projection(attn, ["q_proj", "k_proj", "v_proj"])
+            out, out4 = projection(attn, ["o_proj"])
+            gate_up, gate_up4 = projection(mlp, ["gate_proj", "up_proj"])
+            down, down4 = projection(mlp, ["down_proj"])
             self.layers.append(
                 _Layer(
                     input_norm=layer.input_layernorm.weight,
@@ -256,13 +273,16 @@ class LlamaForward:
         argmax_only: bool = False,
     ) -> torch.Tensor:
         rows, steps = input_ids.shape
-        if steps == 1 and self.compiled is not None:
+        compiled = self.compiled
+        if compiled is not None and (steps == 1 or compiled.prefills):
             try:
-                return self.compiled(input_ids, mask, positions, cache, argmax_only)
+                if steps == 1:
+                    return compiled(input_ids, mask, positions, cache, argmax_only)
+                return compiled.prefill(input_ids, mask, positions, cache, keep, argmax_only)
             except NotCovered as exc:  # raised before the cache is touched: the eager pass runs it
                 log.log(
                     logging.DEBUG if self._eager_steps else logging.WARNING,
-                    "running a decode step eagerly: the compiled step does not cover it (%s)",
+                    "running a forward pass eagerly: the compiled graphs do not cover it (%s)",
                     exc,
                 )
                 self._eager_steps += 1
@@ -341,6 +361,47 @@ class LlamaForward:
                 keys, values = cache.update(key[rows], value[rows], layer)
                 parts.append(self._decode_attention(query[rows], keys, values, bias))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def attend_prefill(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: int, prefill: Prefill
+    ) -> torch.Tensor:
+        """A prompt chunk's attention at `layer` when the compiled graph runs it, each token a row of
+        the graph ([rows x steps, heads, 1, head_dim]): what the eager pass computes for prompts, its
+        result laid out as the graph's rows again."""
+        rows, steps = prefill.rows, prefill.steps
+
+        def per_row(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(rows, steps, x.shape[1], self.head_dim).transpose(1, 2)
+
+        keys, values = prefill.cache.update(per_row(key), per_row(value), layer)
+        grouped = self.kv_heads != self.heads
+        attn = F.scaled_dot_product_attention(
+            per_row(query), keys, values, attn_mask=prefill.mask, scale=self.scale, enable_gqa=grouped
+        )
+        return attn.transpose(1, 2).reshape(rows * steps, self.heads, 1, self.head_dim)
+
+    def drop_dense(self) -> int:
+        """Let every projection compute through its 4-bit weights only and free the dense ones: for
+        when the compiled graphs run prompts as well as decode steps (`CompiledDecode.prefills`), the
+        dense weights' only use. The model's own linear layers compute through the 4-bit weights too.
+        Returns the bytes of dense weights let go."""
+        assert self.int4_layers is not None
+        freed = 0
+        for layer, int4 in zip(self.layers, self.int4_layers, strict=True):
+            for name, linear in int4.items():
+                projection = getattr(layer, name)
+                if isinstance(projection, _ByTokens):
+                    freed += _dense_bytes(projection.dense)
+                    assert linear is not None
+                    setattr(layer, name, linear.forward)
+        for owner, names, fused in self._owners:
+            start = 0
+            for name in names:
+                part = getattr(owner, name)
+                setattr(owner, name, _PackedPart(fused, start, start + part.out_features))
+                start += part.out_features
+        self._owners = []
+        return freed
 
     def _decode_attention(
         self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor

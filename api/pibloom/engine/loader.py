@@ -338,7 +338,15 @@ def _compile_decode(forward: llama_forward.LlamaForward, settings: Settings) -> 
         log.warning("decode steps run eagerly: compiling the decode step failed: %s", exc)
         return
     forward.compiled = step
-    log.info("decode steps run compiled (compiled in %.0f s, for %s threads)", step.seconds, step.thread_counts)
+    if step.prefills:
+        freed = forward.drop_dense()
+        log.info("prompts run through the compiled graphs too; their dense weights (%.0f MB) are let go", freed / 1e6)
+    log.info(
+        "decode steps run compiled (compiled in %.0f s, for %s threads; the graphs share %.0f MB of constants)",
+        step.seconds,
+        step.thread_counts,
+        step.shared_bytes / 1e6,
+    )
 
 
 def finish_loading(

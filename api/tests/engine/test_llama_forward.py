@@ -12,6 +12,7 @@ from pibloom.engine.forward import TransformersForward
 from pibloom.engine.kv_cache import SlotCache
 from pibloom.engine.llama_forward import (
     LlamaForward,
+    _ByTokens,
     _Dense,
     _Packed,
     _PackedPart,
@@ -188,3 +189,35 @@ def test_unsupported_variants_are_refused(tiny_llama_settings: Settings, change:
     assert supports(model) is not None
     with pytest.raises(ValueError, match="does not cover"):
         LlamaForward(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropping_the_dense_weights_leaves_the_4bit_pass(tiny_llama_settings: Settings, dtype: torch.dtype) -> None:
+    """With 4-bit copies for small steps, `drop_dense` lets every dense projection go (its bytes are
+    reported): prompts and decode steps then compute exactly what a pass built 4-bit throughout does,
+    and the model's own layers compute through the 4-bit weights too."""
+
+    def load() -> torch.nn.Module:
+        return AutoModelForCausalLM.from_pretrained(tiny_llama_settings.model, dtype=dtype).eval()
+
+    model, int4_model = load(), load()
+    dense_bytes = sum(
+        linear.weight.numel() * linear.weight.element_size()
+        for layer in model.model.layers
+        for linear in (*layer.self_attn.children(), *layer.mlp.children())
+        if isinstance(linear, torch.nn.Linear)
+    )
+    lean = LlamaForward(model, int4_tokens=2)
+    int4_only = LlamaForward(int4_model, int4=True)
+    assert isinstance(lean.layers[0].qkv, _ByTokens) and isinstance(lean.layers[-1].down, _ByTokens)
+    ids, mask = padded_batch(model.config.vocab_size, [12, 7, 3])
+    real = mask.bool()
+    expected = lean_logits_stepwise(int4_only, ids, mask, prefill=5)
+    assert not torch.equal(lean_logits_stepwise(lean, ids, mask, prefill=5)[real], expected[real])  # prompts ran dense
+
+    assert lean.drop_dense() == dense_bytes
+    assert not any(isinstance(projection, _ByTokens) for layer in lean.layers for projection in vars(layer).values())
+    assert torch.equal(lean_logits_stepwise(lean, ids, mask, prefill=5)[real], expected[real])
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.model.layers.modules())
+    own, reference = reference_logits(model, ids, mask), reference_logits(int4_model, ids, mask)
+    assert torch.allclose(own[real].float(), reference[real].float(), atol=float(reference.abs().max()) * 1e-3)
