@@ -43,6 +43,8 @@ class Sharing:
         """`value`, or the first tensor seen with the same dtype, shape and contents."""
         if (
             type(value) is not torch.Tensor
+            or value.layout is not torch.strided
+            or value.is_quantized
             or value.device.type != "cpu"
             or not value.is_contiguous()
             or _nbytes(value) < MIN_BYTES

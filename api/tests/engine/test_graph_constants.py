@@ -31,6 +31,9 @@ def test_an_equal_constant_is_swapped_for_the_first_and_others_are_left_alone() 
     strided = torch.cat([first, first], dim=1)[:, ::2]
     assert sharing.canonical(strided) is strided
     assert sharing.canonical("a name") == "a name"
+    scales = torch.ones(MIN_BYTES // 4)
+    for opaque in (first.float().to_sparse(), torch.quantize_per_tensor(scales, 0.1, 0, torch.qint8)):
+        assert sharing.canonical(opaque) is opaque  # no plain bytes to compare: left as it is
     assert sharing.shared == 1
 
 
