@@ -17,7 +17,7 @@ and whose rows come and go, and that the graph should not see. Two graphs are co
 for a single row and one for any other count, so no step ever waits for the compiler. Beside them,
 the output layer's 4-bit ranking of argmax-only steps is compiled for more than a few rows
 (`CompiledRanking`). On a CPU with AMX, prompt chunks run through the graph for many rows as well,
-each token a row (`CompiledDecode.prefill`): its AMX 4-bit GEMM is faster than the dense bfloat16
+each token a row (`CompiledDecode.__call__`): its AMX 4-bit GEMM is faster than the dense bfloat16
 matmul at any chunk size, so the dense weights can go (`prefill_pays`).
 """
 
@@ -236,7 +236,7 @@ class CompiledDecode:
         self.seconds = 0.0
         self.thread_counts: tuple[int, ...] = (torch.get_num_threads(),)
         self.shared_bytes = 0  # constants the graphs share rather than each keep (`graph_constants`)
-        self.prefills = prefill_pays(forward)  # prompt chunks run through the graph too (`prefill`)
+        self.prefills = prefill_pays(forward)  # prompt chunks run through the graph too (`__call__`)
 
     def warm(self, threads: tuple[int, ...] = ()) -> None:
         """Compile the single-row graph and the graph for any other row count (rows marked dynamic)
@@ -287,42 +287,31 @@ class CompiledDecode:
         mask: torch.Tensor,
         positions: torch.Tensor,
         cache: Any,
-        argmax_only: bool = False,
-    ) -> torch.Tensor:
-        """Logits [rows, 1, vocab] of a decode step over a slot cache, a lane group or any cache with
-        transformers' `update`; or raises `NotCovered` before touching the cache when the step falls
-        outside both graphs (the caller then runs it eagerly).
-
-        torch's compiler guards on the thread count, so the graphs are compiled at each count the
-        thread governor uses (all of the team, and one thread) and a step runs at the nearest of them
-        not above the team's; the team is handed back as it was."""
-        return self._at_compiled_threads(
-            self._run, self.compiled, input_ids, mask, positions, cache, argmax_only=argmax_only
-        )
-
-    def prefill(
-        self,
-        input_ids: torch.Tensor,
-        mask: torch.Tensor,
-        positions: torch.Tensor,
-        cache: Any,
         keep: int = 1,
         argmax_only: bool = False,
     ) -> torch.Tensor:
-        """Logits of the last `keep` positions (0: all) of a prompt chunk of several tokens per row, run
-        through the graph for many rows with each token a row of its own; or raises `NotCovered`
-        before touching the cache. Only where `prefills` (the loader then drops the dense weights)."""
-        return self._at_compiled_threads(self._run_prefill, input_ids, mask, positions, cache, keep, argmax_only)
+        """The engine's forward (`forward.Forward`) through the compiled graphs: logits [rows, 1, vocab]
+        of a decode step over a slot cache, a lane group or any cache with transformers' `update`; or,
+        for several tokens per row, those of a prompt chunk's last `keep` positions (0: all), each token
+        a row of the graph for many rows (only where `prefills`: the loader then drops the dense
+        weights). Raises `NotCovered` before touching the cache when the graphs do not cover the call
+        (the caller then runs it eagerly).
 
-    def _at_compiled_threads(self, run: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """`run` at the compiled thread count nearest below the team's (see `__call__`), raising
-        `NotCovered` where it would compile."""
+        torch's compiler guards on the thread count, so the graphs are compiled at each count the
+        thread governor uses (all of the team, and one thread) and a call runs at the nearest of them
+        not above the team's; the team is handed back as it was."""
         threads = torch.get_num_threads()
         run_at = self._threads_for(threads)
         if run_at != threads:
             torch.set_num_threads(run_at)
         try:
-            out: torch.Tensor = _without_compiling(run, *args, **kwargs)
+            out: torch.Tensor
+            if input_ids.shape[1] == 1:
+                out = _without_compiling(
+                    self._run, self.compiled, input_ids, mask, positions, cache, argmax_only=argmax_only
+                )
+            else:
+                out = _without_compiling(self._run_prefill, input_ids, mask, positions, cache, keep, argmax_only)
             return out
         finally:
             if run_at != threads:

@@ -276,9 +276,7 @@ class LlamaForward:
         compiled = self.compiled
         if compiled is not None and (steps == 1 or compiled.prefills):
             try:
-                if steps == 1:
-                    return compiled(input_ids, mask, positions, cache, argmax_only)
-                return compiled.prefill(input_ids, mask, positions, cache, keep, argmax_only)
+                return compiled(input_ids, mask, positions, cache, keep, argmax_only)
             except NotCovered as exc:  # raised before the cache is touched: the eager pass runs it
                 log.log(
                     logging.DEBUG if self._eager_steps else logging.WARNING,
