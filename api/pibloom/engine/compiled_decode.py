@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.compiler._cache import CacheArtifactManager
 
 from . import cpu, graph_constants, output_head, toolchain
 from .kv_cache import SlotCache
@@ -253,9 +254,16 @@ class CompiledDecode:
         counts = tuple(sorted(set(threads or (current,))))
         start = time.perf_counter()
         # As a patch of inductor's config while compiling: `torch.compile(options=...)` did not turn
-        # freezing on (the template was never offered, measured).
+        # freezing on (the template was never offered, measured). torch also records every cache entry
+        # it writes or reads, as bytes, for `torch.compiler.save_cache_artifacts`, which the server never
+        # calls: 133 MB held for good with the embedded model's graphs (measured), dropped on leaving.
         try:
-            with inductor_config.patch(_OPTIONS), torch.inference_mode(), graph_constants.shared() as sharing:
+            with (
+                inductor_config.patch(_OPTIONS),
+                torch.inference_mode(),
+                graph_constants.shared() as sharing,
+                CacheArtifactManager.with_fresh_cache(),
+            ):
                 for count in counts:
                     torch.set_num_threads(count)
                     for rows in (_TUNE_ROWS, 1):

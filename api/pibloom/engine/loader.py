@@ -8,9 +8,6 @@ while loading safetensors takes well under a second: readiness then comes in sec
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import hashlib
 import logging
 import os
@@ -25,7 +22,7 @@ from typing import Any
 import torch
 
 from ..settings import DEFAULT_MODEL, Settings
-from . import attention_kernel, compiled_decode, cpu, llama_forward, output_head, quantize, threads
+from . import attention_kernel, compiled_decode, cpu, llama_forward, memory, output_head, quantize, threads
 from .forward import Forward, TransformersForward
 
 log = logging.getLogger(__name__)
@@ -283,14 +280,6 @@ def rescored_head_rows(settings: Settings, model: Any) -> int:
     return settings.head_int8_max_rows if output_head.supported(model.get_output_embeddings()) else 0
 
 
-def _return_freed_memory() -> None:
-    """glibc keeps freed heap pages mapped: the weights replaced by fused or 4-bit copies stayed
-    resident (~200 MB for SmolLM2-135M, measured) until handed back."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _attach_attention_kernel(forward: llama_forward.LlamaForward, settings: Settings) -> None:
     """Give the lean pass piBLOOM's decode attention where it builds and fits the model; torch's
     attention otherwise (the reason is logged either way)."""
@@ -390,7 +379,7 @@ def finish_loading(
         log.info("using transformers' forward pass: the lean pass does not cover %s", why_not)
         if int4:
             quantize.quantize_linears(model)
-    _return_freed_memory()
+    memory.return_freed(collect=True)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

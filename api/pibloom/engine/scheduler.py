@@ -31,7 +31,7 @@ from .detokenizer import IncrementalDecoder, StopMatcher
 from .kv_cache import LaneGroup, LaneStep, SlotCache, allocation_bound, longest_row
 from .loader import LoadedModel
 from .logits import RowShaper, accept_rows, needs_shaper, shape_rows
-from .memory import kv_bytes_per_token
+from .memory import kv_bytes_per_token, return_freed
 from .prefix_cache import PrefixCache, PrefixHit
 from .request import Event, FinishReason, Request, SamplingParams, TokenLogprob
 from .sampling import argmax_only, make_generator, sample_batch, token_logprobs
@@ -150,6 +150,7 @@ class Engine:
         self._counts = (0, 0, 0)
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._trim_due = False  # work ran since the heap was last handed back (`memory.return_freed`)
         self.accepting = True
         self.fatal_error: str | None = None
 
@@ -280,13 +281,18 @@ class Engine:
                         self._publish()  # what the last iteration left
                         while not (self._waiting or self._busy or self._stopping):
                             self._cond.notify_all()  # wakes `wait_idle`
-                            self._cond.wait(timeout=1.0)
+                            if not self._cond.wait(timeout=1.0) and self._trim_due:
+                                # A second without work: what the last requests freed goes back to the
+                                # system (~5 ms), not between the close requests of a burst.
+                                self._trim_due = False
+                                return_freed()
                         if self._stopping and not (self._waiting or self._busy):
                             return
                         self._drop_cancelled_waiting()
                         self._admit()
                         self._publish()
                     try:
+                        self._trim_due = True
                         self._timed_iteration()
                     except Exception as exc:  # a bad batch must not take the thread down
                         log.exception("inference step failed")

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from ..engine.constraints import grammar_tokenizer
 from ..engine.loader import LoadedModel
+from ..engine.memory import return_freed
 from ..engine.request import SamplingParams
 from ..settings import Settings
 from .errors import bad_request
@@ -138,6 +139,7 @@ def vocab_size(loaded: LoadedModel) -> int:
 
 def warm_grammar(loaded: LoadedModel) -> None:
     grammar_tokenizer(loaded.tokenizer, vocab_size(loaded))
+    return_freed()  # building it left 27 MB of freed scratch resident (measured, SmolLM2-135M)
 
 
 def output_grammar(loaded: LoadedModel, output: OutputFormat | None, tools: ToolRequest | None = None) -> str | None:

@@ -8,6 +8,8 @@ import shutil
 import pytest
 import torch
 from test_llama_forward import lean_logits_stepwise, padded_batch
+from torch._inductor.codecache import InductorCacheArtifact
+from torch.compiler._cache import CacheArtifactManager, CacheArtifactRecorder
 
 from pibloom.engine import compiled_decode, loader
 from pibloom.engine.compiled_decode import CompiledDecode, unavailable
@@ -158,6 +160,37 @@ def test_any_row_count_runs_without_compiling_again(compiled: LoadedModel) -> No
         ids, mask = padded_batch(vocab, lengths)
         lean_logits_stepwise(compiled.forward, ids, mask, prefill=1)  # type: ignore[arg-type]
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_compiling_keeps_no_copy_of_the_compiler_cache_in_memory(
+    compiled: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch records every compiler cache entry it loads, as bytes, for
+    `torch.compiler.save_cache_artifacts` (133 MB for the embedded model's graphs, read from the cache
+    at every start). `warm` keeps none of what was recorded while it compiled (here one entry, recorded
+    as inductor does when it loads a graph: this process's compiles miss the cache), and a step still
+    runs through the graphs it compiled."""
+    CacheArtifactManager.clear()
+    run = CompiledDecode._run
+
+    def loading_from_the_cache(self: CompiledDecode, *args: object, **kwargs: object) -> torch.Tensor:
+        CacheArtifactRecorder(InductorCacheArtifact.type(), f"graph-{len(args)}").record(bytes(1 << 20))
+        return run(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CompiledDecode, "_run", loading_from_the_cache)
+    step = CompiledDecode(compiled.forward)  # type: ignore[arg-type]
+    step.warm()
+    assert not CacheArtifactManager.need_serialize()
+    assert torch.compiler.save_cache_artifacts() is None
+    monkeypatch.undo()
+    vocab = compiled.model.config.vocab_size
+    ids, mask = padded_batch(vocab, [4, 6])
+    lean = eager(compiled).forward
+    lean.compiled = step  # type: ignore[attr-defined]
+    fast = lean_logits_stepwise(lean, ids, mask, prefill=3)  # type: ignore[arg-type]
+    slow = lean_logits_stepwise(eager(compiled).forward, ids, mask, prefill=3)  # type: ignore[arg-type]
+    real = mask.bool()
+    assert torch.allclose(fast[real], slow[real], atol=float(slow[real].abs().max()) * 1e-4, rtol=0)
 
 
 def test_the_compiled_step_applies_only_where_it_can_run(

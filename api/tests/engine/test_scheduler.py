@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
 import torch
 
+from pibloom.engine import scheduler
 from pibloom.engine.loader import LoadedModel
 from pibloom.engine.request import Event, SamplingParams
 from pibloom.engine.scheduler import Engine, QueueFullError
@@ -200,3 +202,32 @@ async def test_decode_steps_let_the_output_layer_rank_coarsely_only_when_every_r
         assert shared and not any(shared)
     finally:
         eng.shutdown(10)
+
+
+async def test_the_heap_goes_back_to_the_system_once_the_engine_has_idled_after_work(
+    model: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a second without work, with nothing running (a burst's close requests do not pay for it),
+    and again once later work has run."""
+    trims: list[int] = []
+    trimmed = threading.Event()
+
+    def counting() -> None:
+        trims.append(engine.load()["running"])
+        trimmed.set()
+
+    monkeypatch.setattr(scheduler, "return_freed", counting)
+    engine = Engine(model, max_batch_size=8, max_queue=8, prefill_chunk=16)
+    engine.start()
+    try:
+        prompt = ids(model, "Hello")
+        await asyncio.gather(*(run(engine, prompt, greedy(8)) for _ in range(3)))
+        assert await asyncio.to_thread(trimmed.wait, 30)
+        assert trims == [0]  # nothing was running when it trimmed
+        trimmed.clear()
+        tokens, _, _ = await run(engine, prompt, greedy(5))  # and again after the next request
+        assert tokens == reference(model, prompt, 5)
+        assert await asyncio.to_thread(trimmed.wait, 30)
+        assert trims == [0, 0]
+    finally:
+        engine.shutdown(10)
