@@ -23,6 +23,7 @@ matmul at any chunk size, so the dense weights can go (`prefill_pays`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import threading
@@ -32,7 +33,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.compiler._cache import CacheArtifactManager
 
 from . import cpu, graph_constants, output_head, toolchain
 from .kv_cache import SlotCache
@@ -225,6 +225,16 @@ def _without_compiling(graph: Any, *args: Any, **kwargs: Any) -> Any:
         raise NotCovered(str(exc)) from exc
 
 
+def _dropping_cache_artifacts() -> contextlib.AbstractContextManager[Any]:
+    """A block whose compiles leave no cache entries recorded (`CompiledDecode.warm`); where torch's
+    private recorder is missing or moved, a block that changes nothing."""
+    try:
+        from torch.compiler._cache import CacheArtifactManager
+    except ImportError:
+        return contextlib.nullcontext()
+    return CacheArtifactManager.with_fresh_cache()
+
+
 class CompiledDecode:
     """Runs a decode step (one new token per row) of a `LlamaForward` through the compiled stack.
     `warm` compiles both graphs; until it has, and for any step the graphs do not cover, the caller
@@ -262,7 +272,7 @@ class CompiledDecode:
                 inductor_config.patch(_OPTIONS),
                 torch.inference_mode(),
                 graph_constants.shared() as sharing,
-                CacheArtifactManager.with_fresh_cache(),
+                _dropping_cache_artifacts(),
             ):
                 for count in counts:
                     torch.set_num_threads(count)

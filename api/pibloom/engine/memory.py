@@ -1,5 +1,6 @@
 """How much KV cache the engine may hold: the budget admission keeps to, so that load queues instead
-of allocating past the container's memory limit (where the kernel would kill every stream at once)."""
+of allocating past the container's memory limit (where the kernel would kill every stream at once);
+and handing freed heap back to the system, so that what was freed does not stay resident."""
 
 from __future__ import annotations
 
