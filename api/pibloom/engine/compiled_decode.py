@@ -19,6 +19,10 @@ the output layer's 4-bit ranking of argmax-only steps is compiled for more than 
 (`CompiledRanking`). On a CPU with AMX, prompt chunks run through the graph for many rows as well,
 each token a row (`CompiledDecode.__call__`): its AMX 4-bit GEMM is faster than the dense bfloat16
 matmul at any chunk size, so the dense weights can go (`prefill_pays`).
+
+The server normally runs these graphs as packages built ahead of time (`decode_packages`,
+`CompiledDecode.use_packages`); `warm` compiles them in this process where that is turned off or the
+packages cannot be had.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from . import cpu, graph_constants, output_head, toolchain
 from .kv_cache import SlotCache
 
 if TYPE_CHECKING:
+    from .decode_packages import Packages
     from .llama_forward import LlamaForward  # which imports this module
 
 log = logging.getLogger(__name__)
@@ -189,6 +194,12 @@ class _Stack(nn.Module):
         return F.rms_norm(h, (hidden,), self.final_norm, self.eps)
 
 
+def ranked_head(forward: LlamaForward) -> output_head.RescoredHead | None:
+    """The output layer whose 4-bit ranking of many rows is compiled beside the stack, if it is one."""
+    head = forward.head
+    return head if isinstance(head, output_head.RescoredHead) else None
+
+
 class CompiledRanking:
     """The argmax-only ranking of steps of several rows through inductor's 4-bit GEMM: past four rows
     torch's kernel unpacks the weights once per row (32 rows: 10.7 ms for SmolLM2's output layer, more
@@ -248,6 +259,7 @@ class CompiledDecode:
         self.thread_counts: tuple[int, ...] = (torch.get_num_threads(),)
         self.shared_bytes = 0  # constants the graphs share rather than each keep (`graph_constants`)
         self.prefills = prefill_pays(forward)  # prompt chunks run through the graph too (`__call__`)
+        self.packaged = False  # the graphs are `decode_packages`' rather than compiled here
 
     def warm(self, threads: tuple[int, ...] = ()) -> None:
         """Compile the single-row graph and the graph for any other row count (rows marked dynamic)
@@ -258,7 +270,7 @@ class CompiledDecode:
 
         compiled = torch.compile(self.stack, fullgraph=True)
         forward = self.forward
-        head = forward.head if isinstance(forward.head, output_head.RescoredHead) else None
+        head = ranked_head(forward)
         ranking = None if head is None or head.int4 is None else torch.compile(head.int4.eval(), fullgraph=True)
         current = torch.get_num_threads()
         counts = tuple(sorted(set(threads or (current,))))
@@ -294,6 +306,17 @@ class CompiledDecode:
         self.thread_counts = counts
         self.shared_bytes = sharing.saved_bytes
 
+    def use_packages(self, packages: Packages, seconds: float) -> None:
+        """Run the graphs built ahead of time (`decode_packages`) instead of compiling in process: they
+        serve every team size, and no call can make them compile."""
+        self.compiled = packages
+        self.packaged = True
+        self.seconds = seconds
+        self.thread_counts = ()
+        head = ranked_head(self.forward)
+        if head is not None and packages.ranking is not None:
+            head.ranking = packages.ranking
+
     def _threads_for(self, threads: int) -> int:
         """The compiled thread count a step runs at: the largest not above the team's, else the least."""
         fitting = [count for count in self.thread_counts if count <= threads]
@@ -318,6 +341,10 @@ class CompiledDecode:
         torch's compiler guards on the thread count, so the graphs are compiled at each count the
         thread governor uses (all of the team, and one thread) and a call runs at the nearest of them
         not above the team's; the team is handed back as it was."""
+        if self.packaged:
+            if input_ids.shape[1] == 1:
+                return self._run(self.compiled, input_ids, mask, positions, cache, argmax_only=argmax_only)
+            return self._run_prefill(input_ids, mask, positions, cache, keep, argmax_only)
         threads = torch.get_num_threads()
         run_at = self._threads_for(threads)
         if run_at != threads:

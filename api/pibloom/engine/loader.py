@@ -22,7 +22,17 @@ from typing import Any
 import torch
 
 from ..settings import DEFAULT_MODEL, Settings
-from . import attention_kernel, compiled_decode, cpu, llama_forward, memory, output_head, quantize, threads
+from . import (
+    attention_kernel,
+    compiled_decode,
+    cpu,
+    decode_packages,
+    llama_forward,
+    memory,
+    output_head,
+    quantize,
+    threads,
+)
 from .forward import Forward, TransformersForward
 
 log = logging.getLogger(__name__)
@@ -317,6 +327,8 @@ def _compile_decode(forward: llama_forward.LlamaForward, settings: Settings) -> 
     if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in {None, os.path.abspath(default_cache_dir())}:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root(settings) / "inductor")
     step = compiled_decode.CompiledDecode(forward)
+    if settings.decode_packages and _load_packages(step, settings):
+        return _compiled(forward, step)
     most = torch.get_num_threads()
     # With the thread governor (`serving.lifecycle`), the team drops to one thread while a neighbour
     # keeps a core busy: graphs for that count too, or the compiled steps would keep a spinning team
@@ -326,16 +338,37 @@ def _compile_decode(forward: llama_forward.LlamaForward, settings: Settings) -> 
     except Exception as exc:  # any compiler failure leaves the eager pass, which computes the same
         log.warning("decode steps run eagerly: compiling the decode step failed: %s", exc)
         return
-    forward.compiled = step
-    if step.prefills:
-        freed = forward.drop_dense()
-        log.info("prompts run through the compiled graphs too; their dense weights (%.0f MB) are let go", freed / 1e6)
+    _compiled(forward, step)
     log.info(
         "decode steps run compiled (compiled in %.0f s, for %s threads; the graphs share %.0f MB of constants)",
         step.seconds,
         step.thread_counts,
         step.shared_bytes / 1e6,
     )
+
+
+def _compiled(forward: llama_forward.LlamaForward, step: compiled_decode.CompiledDecode) -> None:
+    forward.compiled = step
+    if step.prefills:
+        freed = forward.drop_dense()
+        log.info("prompts run through the compiled graphs too; their dense weights (%.0f MB) are let go", freed / 1e6)
+
+
+def _load_packages(step: compiled_decode.CompiledDecode, settings: Settings) -> bool:
+    """The decode graphs as packages built ahead of time (`decode_packages`), built first in a child
+    process if the cache has none for these weights. False (the reason logged): compile in process."""
+    where = decode_packages.folder(cache_root(settings), step.forward)
+    try:
+        built = 0.0
+        if not where.is_dir():
+            log.info("building the decode packages in a child process (a few minutes, once per model)")
+            built = decode_packages.build_in_child(settings, where)
+        step.use_packages(decode_packages.load(where, step.forward), built)
+    except decode_packages.PackageError as exc:
+        log.warning("decode packages unavailable, compiling in process instead: %s", exc)
+        return False
+    log.info("decode steps run as packages built ahead of time%s", f" (built in {built:.0f} s)" if built else "")
+    return True
 
 
 def finish_loading(

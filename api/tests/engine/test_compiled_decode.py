@@ -21,9 +21,10 @@ from pibloom.settings import Settings
 from generation import engine_greedy
 
 
-def _load(settings: Settings, dtype: str) -> LoadedModel:
-    """The tiny Llama with every projection in 4 bits: where the loader compiles the step."""
-    loaded = load_model(settings.model_copy(update={"dtype": dtype, "quantize": "int4"}))
+def load_compiled(settings: Settings, dtype: str, packages: bool = False) -> LoadedModel:
+    """The tiny Llama with every projection in 4 bits: where the loader compiles the step, in this
+    process, or as packages built ahead of time (`decode_packages`)."""
+    loaded = load_model(settings.model_copy(update={"dtype": dtype, "quantize": "int4", "decode_packages": packages}))
     why_not = unavailable(loaded.forward)  # type: ignore[arg-type]
     if why_not is not None:
         pytest.skip(f"no compiled decode step on this machine: {why_not}")
@@ -34,13 +35,24 @@ def _load(settings: Settings, dtype: str) -> LoadedModel:
 @pytest.fixture(scope="module")
 def compiled(tiny_llama_settings: Settings) -> LoadedModel:
     """In float32, where the compiled and eager passes round alike enough for identical greedy tokens."""
-    return _load(tiny_llama_settings, "float32")
+    return load_compiled(tiny_llama_settings, "float32")
 
 
 @pytest.fixture(scope="module")
 def compiled_bf16(tiny_llama_settings: Settings) -> LoadedModel:
     """In bfloat16, as served: summed in another order, logits agree to bfloat16's rounding."""
-    return _load(tiny_llama_settings, "bfloat16")
+    return load_compiled(tiny_llama_settings, "bfloat16")
+
+
+@pytest.fixture(scope="module")
+def packaged(tiny_llama_settings: Settings) -> LoadedModel:
+    """The same graphs as packages, as the loader serves them by default."""
+    return load_compiled(tiny_llama_settings, "float32", packages=True)
+
+
+@pytest.fixture(scope="module")
+def packaged_bf16(tiny_llama_settings: Settings) -> LoadedModel:
+    return load_compiled(tiny_llama_settings, "bfloat16", packages=True)
 
 
 def eager(loaded: LoadedModel) -> LoadedModel:
@@ -52,13 +64,15 @@ def eager(loaded: LoadedModel) -> LoadedModel:
     return LoadedModel(**{**loaded.__dict__, "forward": twin})
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_decode_steps_of_padded_rows_match_the_eager_pass(dtype: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("graphs", ["compiled", "compiled_bf16", "packaged", "packaged_bf16"])
+def test_decode_steps_of_padded_rows_match_the_eager_pass(graphs: str, request: pytest.FixtureRequest) -> None:
     """Rows of different lengths (left padding), from one to five rows: the logits of every decode step
     agree with the eager pass's (float32: to 1e-4 of their range; bfloat16: to 2^-5 of it, a few of
     its rounding steps), and pick the same greedy tokens (in bfloat16: wherever no near-tie makes that
     a matter of rounding)."""
-    loaded: LoadedModel = request.getfixturevalue("compiled" if dtype == "float32" else "compiled_bf16")
+    loaded: LoadedModel = request.getfixturevalue(graphs)
+    assert loaded.forward.compiled.packaged == graphs.startswith("packaged")  # type: ignore[attr-defined]
+    dtype = "bfloat16" if graphs.endswith("bf16") else "float32"
     vocab = loaded.model.config.vocab_size
     for lengths in ([9], [9, 4, 12], [3, 3, 7, 10, 5]):
         ids, mask = padded_batch(vocab, lengths)
@@ -75,9 +89,13 @@ def test_decode_steps_of_padded_rows_match_the_eager_pass(dtype: str, request: p
         assert torch.equal(fast[real].argmax(-1)[clear], slow[real].argmax(-1)[clear])
 
 
-def test_served_greedy_tokens_are_the_eager_pass_tokens_alone_and_batched(compiled: LoadedModel) -> None:
+@pytest.mark.parametrize("graphs", ["compiled", "packaged"])
+def test_served_greedy_tokens_are_the_eager_pass_tokens_alone_and_batched(
+    graphs: str, request: pytest.FixtureRequest
+) -> None:
     import asyncio
 
+    compiled: LoadedModel = request.getfixturevalue(graphs)
     for batched in (False, True):
         assert asyncio.run(engine_greedy(compiled, batched=batched)) == asyncio.run(
             engine_greedy(eager(compiled), batched=batched)
@@ -101,8 +119,10 @@ def _lanes(loaded: LoadedModel, lengths: list[int]) -> tuple[LaneGroup, torch.Te
     return LaneGroup(lanes), torch.tensor([[5], [7]])
 
 
-def test_a_lane_group_step_matches_the_eager_pass(compiled: LoadedModel) -> None:
+@pytest.mark.parametrize("graphs", ["compiled", "packaged"])
+def test_a_lane_group_step_matches_the_eager_pass(graphs: str, request: pytest.FixtureRequest) -> None:
     """A long chat's lane beside a short one: each lane's rows attend over their own columns."""
+    compiled: LoadedModel = request.getfixturevalue(graphs)
     lengths = [40, 6]
     group, tokens = _lanes(compiled, lengths)
     twin_group, _ = _lanes(compiled, lengths)
@@ -119,11 +139,14 @@ def test_a_lane_group_step_matches_the_eager_pass(compiled: LoadedModel) -> None
         assert torch.allclose(keys[:1, :, column], twin_keys[:1, :, column], atol=1e-4)
 
 
-def test_prompt_chunks_run_through_the_graph_where_that_pays(compiled_bf16: LoadedModel) -> None:
+@pytest.mark.parametrize("graphs", ["compiled_bf16", "packaged_bf16"])
+def test_prompt_chunks_run_through_the_graph_where_that_pays(graphs: str, request: pytest.FixtureRequest) -> None:
     """In bfloat16 on a CPU with AMX, prompts run through the graph for many rows, each token a row:
     padded prompts' logits at every position and the keys written to the cache agree with the eager
     pass to bfloat16's rounding, without a compile or an eager fallback."""
     from torch._dynamo.utils import counters
+
+    compiled_bf16: LoadedModel = request.getfixturevalue(graphs)
 
     lean = compiled_bf16.forward
     step = lean.compiled  # type: ignore[attr-defined]
@@ -213,7 +236,9 @@ def test_the_loader_keeps_the_eager_pass_when_compiling_is_off_or_fails(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = tiny_llama_settings.model_copy(update={"dtype": "bfloat16", "quantize": "int4"})
+    settings = tiny_llama_settings.model_copy(
+        update={"dtype": "bfloat16", "quantize": "int4", "decode_packages": False}
+    )
     off = load_model(settings.model_copy(update={"compile_decode": False}))
     assert off.forward.compiled is None  # type: ignore[attr-defined]
 

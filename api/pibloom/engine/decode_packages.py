@@ -1,0 +1,268 @@
+"""The compiled decode graphs built ahead of time (AOTInductor) in a child process, kept in the model
+cache, and run in the worker as packages.
+
+`torch.compile` in the worker traces and compiles the graphs at every start (48 of the 60 s to ready
+with a warm cache, measured), keeps the traces, guards and fake tensors in memory for good, and
+needs a second set of graphs for the thread governor's team of one (it guards on the thread count).
+A package is the same inductor output as a shared object: it loads in under a second, each call is
+one C++ function (one row 3.4 against 4.2 ms, measured), and a package built for two threads runs on
+a team of one with identical outputs, as fast as one built for one thread (its kernels share work
+out in OpenMP loops), so one set serves every team size.
+
+Three packages, as `CompiledDecode.warm` compiles three graphs: the decoder stack for many rows (rows
+dynamic, its 4-bit weights re-blocked for inductor's AMX or AVX-512 GEMM and stored beside it), the
+stack for one row (torch's int4 kernel, which reads the lean pass's own 4-bit weights: the package is
+handed those tensors rather than a copy), and the output layer's 4-bit ranking for many rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import compiled_decode, cpu
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from .llama_forward import LlamaForward
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when what is built changes in a way the fingerprint does not see
+_NAMES = ("many", "one", "ranking")
+_MAX_ROWS = 1 << 16  # prompt chunks run through the many-row graph, a token a row
+# Package options beside the graphs': the weights in a blob of their own, read once (inside the .so they
+# were held twice, 474 against 348 MB for two packages, measured).
+_PACKAGE_OPTIONS: dict[str, Any] = {
+    "aot_inductor.package_constants_in_so": False,
+    "aot_inductor.package_constants_on_disk_format": "binary_blob",
+}
+_BUILD_TIMEOUT = 1800.0
+
+
+class PackageError(RuntimeError):
+    """The packages could not be built or loaded; the caller compiles in process instead."""
+
+
+def _stack_buffers(forward: LlamaForward) -> dict[str, torch.Tensor]:
+    return dict(compiled_decode._Stack(forward).named_buffers())
+
+
+def fingerprint(forward: LlamaForward) -> str:
+    """What the packages depend on: the weights themselves, the ranking's, torch, the CPU, the options."""
+    digest = hashlib.blake2b(digest_size=16)
+    head = compiled_decode.ranked_head(forward)
+    tensors = sorted(_stack_buffers(forward).items())
+    if head is not None and head.int4 is not None:
+        tensors += sorted((f"ranking.{k}", v) for k, v in head.int4.state_dict(keep_vars=True).items())
+    meta = {
+        "format": FORMAT,
+        "torch": torch.__version__,
+        "cpu": cpu.flags(),
+        "machine": platform.machine(),
+        "options": compiled_decode._OPTIONS,
+        "threads": torch.get_num_threads(),
+        "ranking_rows": head.rows if head is not None else None,
+    }
+    digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    for name, tensor in tensors:
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class Package:
+    """One package's graph, run through torch's C++ runner: no Python between its kernels."""
+
+    def __init__(self, folder: Path, constants: dict[str, torch.Tensor] | None = None) -> None:
+        so = next(folder.rglob("*.wrapper.so"))
+        blob = next(folder.rglob("*.wrapper_weights.blob"))
+        # The AMX kernels fault unless the process has asked the kernel for AMX state, which
+        # inductor's Python runtime does and the C++ runner does not.
+        torch._C._cpu._init_amx()
+        self.runner = torch._C._aoti.AOTIModelContainerRunnerCpu(str(so), 1)
+        if constants is None:
+            self.runner.update_constant_buffer_from_blob(str(blob))
+            return
+        # The runner reads these tensors in place (user-managed): no copy. Freezing adds constants of its
+        # own (the embedded model's one-row graph: 120 integer scalars), taken from the package.
+        fqns = self.runner.get_constant_names_to_original_fqns()
+        own = _stored_constants(so, blob, set(fqns.values()) - set(constants))
+        given = {name: constants[fqn] if fqn in constants else own[fqn] for name, fqn in fqns.items()}
+        self.runner.update_constant_buffer(given, False, True, True)
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.runner.run(list(inputs))[0]
+        return out
+
+
+_OWN_CONSTANT_LIMIT = 1 << 20  # bytes of the package's own constants copied beside the model's tensors
+
+
+def _stored_constants(so: Path, blob: Path, names: set[str]) -> dict[str, torch.Tensor]:
+    """Copies of the package's stored constants `names`, read through a runner that is then let go
+    (with the rest of the blob it read); they must be small, or the package is not one to share."""
+    if not names:
+        return {}
+    scratch = torch._C._aoti.AOTIModelContainerRunnerCpu(str(so), 1)
+    scratch.update_constant_buffer_from_blob(str(blob))
+    stored = scratch.extract_constants_map(False)
+    missing = sorted(names - set(stored))
+    if missing:
+        raise PackageError(f"the package wants constants neither it nor the model has: {missing[:3]}")
+    own = {name: stored[name].clone() for name in names}
+    size = sum(t.numel() * t.element_size() for t in own.values())
+    if size > _OWN_CONSTANT_LIMIT:
+        raise PackageError(f"the package holds {size / 1e6:.0f} MB of weights of its own, not the model's")
+    return own
+
+
+class Packages:
+    """The stack for one row and for many, as `CompiledDecode` calls a graph: (h, cos, sin) -> h."""
+
+    def __init__(self, one: Package, many: Package, ranking: Package | None) -> None:
+        self.one, self.many, self.ranking = one, many, ranking
+
+    def __call__(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        rows = h.shape[0]
+        if rows > _MAX_ROWS:
+            raise compiled_decode.NotCovered(f"{rows} rows, more than the packages take ({_MAX_ROWS})")
+        return (self.one if rows == 1 else self.many)(h, cos, sin)
+
+
+def folder(cache: Path, forward: LlamaForward) -> Path:
+    return cache / "decode-packages" / fingerprint(forward)
+
+
+def load(where: Path, forward: LlamaForward) -> Packages:
+    if not (where / "built.json").is_file():
+        raise PackageError(f"no packages in {where}")
+    compiled_decode._attention_operator()  # the graphs call it by name: it must be registered first
+    try:
+        one = Package(where / "one", constants=_stack_buffers(forward))
+        many = Package(where / "many")
+        ranking = Package(where / "ranking") if (where / "ranking").is_dir() else None
+    except PackageError:
+        raise
+    except Exception as exc:  # a missing file, a runner that will not load: never a failed start
+        raise PackageError(f"cannot load the packages in {where}: {type(exc).__name__}: {exc}") from exc
+    return Packages(one, many, ranking)
+
+
+def build_in_child(settings: Settings, where: Path, timeout: float = _BUILD_TIMEOUT) -> float:
+    """Build the packages in a child process that loads the model as this one did: the compiler's
+    imports and scratch never enter the server. Returns the seconds it took."""
+    start = time.perf_counter()
+    env = {**os.environ, "PIBLOOM_BUILD_THREADS": str(torch.get_num_threads())}
+    command = [sys.executable, "-m", "pibloom.engine.decode_packages", str(where)]
+    try:
+        done = subprocess.run(
+            command, input=settings.model_dump_json(), env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise PackageError(f"building the decode packages took more than {timeout:.0f} s") from exc
+    except OSError as exc:
+        raise PackageError(f"cannot start the process that builds the decode packages: {exc}") from exc
+    if done.returncode != 0:
+        raise PackageError(f"building the decode packages failed: {done.stderr.strip()[-1500:]}")
+    if not (where / "built.json").is_file():
+        raise PackageError(
+            "the packages were built for other weights than the server loaded: " + done.stdout.strip()[-300:]
+        )
+    return time.perf_counter() - start
+
+
+def _examples(forward: LlamaForward, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dtype, hidden, dim = forward.final_norm.dtype, forward.final_norm.shape[0], forward.head_dim
+    return (
+        torch.zeros(rows, hidden, dtype=dtype),
+        torch.zeros(rows, 1, 1, dim, dtype=dtype),
+        torch.zeros(rows, 1, 1, dim, dtype=dtype),
+    )
+
+
+def _compile(program: Any, target: Path, options: dict[str, Any]) -> None:
+    """Compile an exported program into `target`/ (its .so and weights), by way of a .pt2 archive."""
+    archive = target.with_suffix(".pt2")
+    torch._inductor.aoti_compile_and_package(
+        program, package_path=str(archive), inductor_configs={**compiled_decode._OPTIONS, **options}
+    )
+    with zipfile.ZipFile(archive) as package:
+        package.extractall(target)
+    archive.unlink()
+
+
+def build(forward: LlamaForward, where: Path) -> None:
+    """Export and compile the three graphs into `where` (run by `build_in_child`'s child)."""
+    import torch._inductor  # the compiler: only ever imported in the child
+
+    compiled_decode._attention_operator()
+    stack = compiled_decode._Stack(forward).eval()
+    # Unlifting an export refuses buffers that alias the module's own tensors; the child's copies can go.
+    for name, buffer in list(stack._buffers.items()):
+        assert buffer is not None
+        stack._buffers[name] = buffer.clone()
+    scratch = where.with_name(where.name + f".part{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    rows = torch.export.Dim("rows", min=2, max=_MAX_ROWS)
+    with torch.inference_mode():
+        many = torch.export.export(
+            stack, _examples(forward, compiled_decode._TUNE_ROWS), dynamic_shapes=({0: rows}, {0: rows}, {0: rows})
+        )
+        _compile(many, scratch / "many", _PACKAGE_OPTIONS)
+        # torch's int4 kernel at one row: it reads the lean pass's 4-bit weights as they are, so the
+        # package runs on those tensors instead of a re-blocked copy of its own.
+        one = torch.export.export(stack, _examples(forward, 1))
+        _compile(one, scratch / "one", {**_PACKAGE_OPTIONS, "max_autotune_gemm_backends": "ATEN"})
+        head = compiled_decode.ranked_head(forward)
+        if head is not None and head.int4 is not None:
+            ranked = torch.export.export(
+                head.int4.eval(),
+                (torch.zeros(compiled_decode._TUNE_ROWS, head.in_features, dtype=forward.final_norm.dtype),),
+                dynamic_shapes=({0: torch.export.Dim("rows", min=2, max=_MAX_ROWS)},),
+            )
+            _compile(ranked, scratch / "ranking", _PACKAGE_OPTIONS)
+    (scratch / "built.json").write_text(json.dumps({"format": FORMAT, "torch": torch.__version__}))
+    try:
+        scratch.rename(where)
+    except OSError:  # another process finished the same packages first: theirs serve
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _main(argv: list[str]) -> int:
+    from ..settings import Settings
+    from . import loader
+
+    where = Path(argv[1])
+    settings = Settings.model_validate_json(sys.stdin.read())
+    torch.set_num_threads(int(os.environ.get("PIBLOOM_BUILD_THREADS", torch.get_num_threads())))
+    loaded = loader.load_model(settings.model_copy(update={"compile_decode": False}))
+    forward = loaded.forward
+    from .llama_forward import LlamaForward
+
+    if not isinstance(forward, LlamaForward) or compiled_decode.unavailable(forward) is not None:
+        print("no compiled decode step for this model here", file=sys.stderr)
+        return 2
+    if folder(where.parent.parent, forward) != where:
+        print(f"the child loaded other weights (fingerprint {fingerprint(forward)})")
+        return 0
+    where.parent.mkdir(parents=True, exist_ok=True)
+    build(forward, where)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv))
