@@ -155,9 +155,10 @@ class Settings(BaseSettings):
         True,
         description="Compile the lean pass's decode step with inductor where it applies: 4-bit weights on an "
         "x86 CPU with AVX-512, with a C++ compiler and torch's headers present. Its own 4-bit GEMM and fused "
-        "norms make a step 1.3x faster at one stream and 1.5x at 16-32 (measured); compiling adds about four "
-        "minutes to the first start on 2 cores, under a minute once its cache in `PIBLOOM_CACHE_DIR` is warm, "
-        "and ~340 MB of memory. Elsewhere, or false: the eager pass.",
+        "norms make a step 1.3x faster at one stream and 1.5x at 16-32 (measured). As packages "
+        "(`PIBLOOM_DECODE_PACKAGES`) they take about a minute and a half to build at the first start on 2 cores "
+        "and seconds to load after; compiled in process, about four minutes at the first start and under a minute "
+        "once its cache in `PIBLOOM_CACHE_DIR` is warm. Elsewhere, or false: the eager pass.",
     )
     attention_kernel: bool = Field(
         True,
