@@ -340,7 +340,8 @@ class CompiledDecode:
 
         torch's compiler guards on the thread count, so the graphs are compiled at each count the
         thread governor uses (all of the team, and one thread) and a call runs at the nearest of them
-        not above the team's; the team is handed back as it was."""
+        not above the team's; the team is handed back as it was. Packages (`use_packages`) run at
+        whatever size the team has."""
         if self.packaged:
             if input_ids.shape[1] == 1:
                 return self._run(self.compiled, input_ids, mask, positions, cache, argmax_only=argmax_only)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import platform
 import shutil
@@ -38,10 +37,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from .llama_forward import LlamaForward
 
-log = logging.getLogger(__name__)
-
 FORMAT = 1  # bump when what is built changes in a way the fingerprint does not see
-_NAMES = ("many", "one", "ranking")
 _MAX_ROWS = 1 << 16  # prompt chunks run through the many-row graph, a token a row
 # Package options beside the graphs': the weights in a blob of their own, read once (inside the .so they
 # were held twice, 474 against 348 MB for two packages, measured).
@@ -206,7 +202,7 @@ def _compile(program: Any, target: Path, options: dict[str, Any]) -> None:
 
 def build(forward: LlamaForward, where: Path) -> None:
     """Export and compile the three graphs into `where` (run by `build_in_child`'s child)."""
-    import torch._inductor  # the compiler: only ever imported in the child
+    import torch._inductor  # the compiler: imported here, in the child, never by a server running packages
 
     compiled_decode._attention_operator()
     stack = compiled_decode._Stack(forward).eval()

@@ -252,7 +252,8 @@ def test_the_loader_keeps_the_eager_pass_when_compiling_is_off_or_fails(
     assert "compiling the decode step failed: the compiler is broken" in caplog.text
 
 
-def _one_step(loaded: LoadedModel, lengths: list[int]) -> torch.Tensor:
+def last_step_logits(loaded: LoadedModel, lengths: list[int]) -> torch.Tensor:
+    """The logits of the last decode step of padded rows of `lengths` tokens."""
     vocab = loaded.model.config.vocab_size
     ids, mask = padded_batch(vocab, lengths)
     return lean_logits_stepwise(loaded.forward, ids, mask, prefill=ids.shape[1] - 1)[:, -1]  # type: ignore[arg-type]
@@ -271,8 +272,10 @@ def test_a_team_the_governor_shrank_still_runs_the_compiled_graphs(
         torch.set_num_threads(1)
         with caplog.at_level("DEBUG", logger="pibloom.engine.llama_forward"):
             for lengths in ([4], [4, 7]):
-                fast = _one_step(compiled, lengths)
-                assert torch.allclose(fast, _one_step(eager(compiled), lengths), atol=float(fast.abs().max()) * 1e-4)
+                fast = last_step_logits(compiled, lengths)
+                assert torch.allclose(
+                    fast, last_step_logits(eager(compiled), lengths), atol=float(fast.abs().max()) * 1e-4
+                )
                 assert torch.get_num_threads() == 1
         assert "eagerly" not in caplog.text
     finally:
@@ -290,8 +293,8 @@ def test_a_step_outside_both_graphs_runs_eagerly_with_one_warning(
     before = torch.get_num_threads()
     with caplog.at_level("WARNING", logger="pibloom.engine.llama_forward"):
         for lengths in ([4], [4, 7], [5, 2, 6]):
-            fast = _one_step(compiled, lengths)
-            assert torch.allclose(fast, _one_step(eager(compiled), lengths), atol=float(fast.abs().max()) * 1e-4)
+            fast = last_step_logits(compiled, lengths)
+            assert torch.allclose(fast, last_step_logits(eager(compiled), lengths), atol=float(fast.abs().max()) * 1e-4)
     assert torch.get_num_threads() == before
     warnings = [r for r in caplog.records if "do not cover it" in r.getMessage()]
     assert len(warnings) == 1 and compiled.forward._eager_steps == 3  # type: ignore[attr-defined]

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_compiled_decode import load_compiled
-from test_llama_forward import lean_logits_stepwise, padded_batch
+from test_compiled_decode import last_step_logits, load_compiled
 
 from pibloom.engine import decode_packages, loader
 from pibloom.engine.compiled_decode import CompiledDecode
@@ -26,11 +25,6 @@ def packaged(tiny_llama_settings: Settings) -> LoadedModel:
     return load_compiled(tiny_llama_settings, "float32", packages=True)
 
 
-def _last_logits(loaded: LoadedModel, lengths: list[int]) -> torch.Tensor:
-    ids, mask = padded_batch(loaded.model.config.vocab_size, lengths)
-    return lean_logits_stepwise(loaded.forward, ids, mask, prefill=ids.shape[1] - 1)[:, -1]  # type: ignore[arg-type]
-
-
 def test_a_second_load_runs_the_stored_packages_without_building_or_compiling(
     packaged: LoadedModel, tiny_llama_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -41,33 +35,33 @@ def test_a_second_load_runs_the_stored_packages_without_building_or_compiling(
     monkeypatch.setattr(CompiledDecode, "warm", refuse)
     again = load_compiled(tiny_llama_settings, "float32", packages=True)
     assert again.forward.compiled.packaged  # type: ignore[attr-defined]
-    assert torch.equal(_last_logits(again, [5, 9]), _last_logits(packaged, [5, 9]))
+    assert torch.equal(last_step_logits(again, [5, 9]), last_step_logits(packaged, [5, 9]))
 
 
 def test_the_one_row_package_reads_the_lean_pass_weights_in_place(packaged: LoadedModel) -> None:
     """No second copy of the 4-bit projections for one row: the package computes with the lean pass's
     own tensors (scaling one of them changes its output, and restoring it restores the output)."""
     scales = packaged.forward.int4_layers[0]["qkv"].scales_zeros  # type: ignore[attr-defined]
-    before = _last_logits(packaged, [6])
+    before = last_step_logits(packaged, [6])
     with torch.inference_mode():
         scales.mul_(2)
     try:
-        assert not torch.allclose(_last_logits(packaged, [6]), before)
+        assert not torch.allclose(last_step_logits(packaged, [6]), before)
     finally:
         with torch.inference_mode():
             scales.div_(2)
-    assert torch.equal(_last_logits(packaged, [6]), before)
+    assert torch.equal(last_step_logits(packaged, [6]), before)
 
 
 def test_one_set_of_packages_serves_a_team_of_one(packaged: LoadedModel) -> None:
     """The governor's team of one runs the packages built for the whole team: the same logits, no
     eager fallback, and the team keeps the size the governor gave it."""
     before = torch.get_num_threads()
-    whole = [_last_logits(packaged, lengths) for lengths in ([4], [4, 7, 2])]
+    whole = [last_step_logits(packaged, lengths) for lengths in ([4], [4, 7, 2])]
     fallbacks = packaged.forward._eager_steps  # type: ignore[attr-defined]
     try:
         torch.set_num_threads(1)
-        alone = [_last_logits(packaged, lengths) for lengths in ([4], [4, 7, 2])]
+        alone = [last_step_logits(packaged, lengths) for lengths in ([4], [4, 7, 2])]
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
