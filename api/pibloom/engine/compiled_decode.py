@@ -343,25 +343,31 @@ class CompiledDecode:
         not above the team's; the team is handed back as it was. Packages (`use_packages`) run at
         whatever size the team has."""
         if self.packaged:
-            if input_ids.shape[1] == 1:
-                return self._run(self.compiled, input_ids, mask, positions, cache, argmax_only=argmax_only)
-            return self._run_prefill(input_ids, mask, positions, cache, keep, argmax_only)
+            return self._step(input_ids, mask, positions, cache, keep, argmax_only)
         threads = torch.get_num_threads()
         run_at = self._threads_for(threads)
         if run_at != threads:
             torch.set_num_threads(run_at)
         try:
-            out: torch.Tensor
-            if input_ids.shape[1] == 1:
-                out = _without_compiling(
-                    self._run, self.compiled, input_ids, mask, positions, cache, argmax_only=argmax_only
-                )
-            else:
-                out = _without_compiling(self._run_prefill, input_ids, mask, positions, cache, keep, argmax_only)
+            out: torch.Tensor = _without_compiling(self._step, input_ids, mask, positions, cache, keep, argmax_only)
             return out
         finally:
             if run_at != threads:
                 torch.set_num_threads(threads)
+
+    def _step(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        keep: int,
+        argmax_only: bool,
+    ) -> torch.Tensor:
+        """A decode step through the graphs, or a prompt chunk (several tokens per row)."""
+        if input_ids.shape[1] == 1:
+            return self._run(self.compiled, input_ids, mask, positions, cache, argmax_only=argmax_only)
+        return self._run_prefill(input_ids, mask, positions, cache, keep, argmax_only)
 
     def _run_prefill(
         self,

@@ -252,8 +252,9 @@ def _main(argv: list[str]) -> int:
     if not isinstance(forward, LlamaForward) or compiled_decode.unavailable(forward) is not None:
         print("no compiled decode step for this model here", file=sys.stderr)
         return 2
-    if folder(where.parent.parent, forward) != where:
-        print(f"the child loaded other weights (fingerprint {fingerprint(forward)})")
+    found = folder(where.parent.parent, forward)
+    if found != where:
+        print(f"the child loaded other weights (fingerprint {found.name})")
         return 0
     where.parent.mkdir(parents=True, exist_ok=True)
     build(forward, where)
