@@ -24,6 +24,7 @@ import torch
 from ..settings import DEFAULT_MODEL, Settings
 from . import (
     attention_kernel,
+    checkpoint,
     compiled_decode,
     cpu,
     decode_packages,
@@ -195,11 +196,11 @@ def _gguf_cache_dir(settings: Settings, source: ModelSource) -> Path:
 
 def convert_gguf(settings: Settings, source: ModelSource) -> Path:
     """De-quantise a GGUF once into a safetensors folder (float32, so any serving dtype is exact)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
     target = _gguf_cache_dir(settings, source)
     if (target / "config.json").is_file():
         return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
     log.info("converting %s once into %s", source.gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(
@@ -221,8 +222,6 @@ def convert_gguf(settings: Settings, source: ModelSource) -> Path:
 
 def load_model(settings: Settings) -> LoadedModel:
     """Resolve, (convert,) and load the configured model on the chosen device and dtype."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     source = resolve(settings)
     device = choose_device(settings)
     dtype = choose_dtype(settings, device)
@@ -231,6 +230,36 @@ def load_model(settings: Settings) -> LoadedModel:
     location = source.location
     if source.gguf_file is not None:
         location = str(convert_gguf(settings, source))
+    why_not = "PIBLOOM_LEAN_FORWARD=false" if not settings.lean_forward else None
+    if why_not is None:
+        why_not = "a hub id" if source.kind == "hub" else checkpoint.unreadable(Path(location))
+    if why_not is None:
+        # The lean pass runs it: read without transformers' model classes (`checkpoint`).
+        try:
+            model = checkpoint.load(Path(location), dtype, device)
+            tokenizer = checkpoint.tokenizer(Path(location))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load model {source.location!r}: {exc}") from exc
+        why_not = llama_forward.supports(model)
+    if why_not is None:
+        log.info("read %s without transformers' model classes", source.name)
+        return finish_loading(
+            model,
+            tokenizer,
+            source.name,
+            settings,
+            int4=wants_int4(settings, device),
+            int4_rows=small_steps_int4(settings, source, device, dtype),
+        )
+    log.info("loading %s through transformers (%s)", source.name, why_not)
+    return _load_with_transformers(settings, source, location, device, dtype)
+
+
+def _load_with_transformers(
+    settings: Settings, source: ModelSource, location: str, device: torch.device, dtype: torch.dtype
+) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     kwargs: dict[str, Any] = {"trust_remote_code": settings.trust_remote_code}
     if source.kind == "hub":
         kwargs["cache_dir"] = str(cache_root(settings) / "hub")
@@ -318,14 +347,7 @@ def _compile_decode(forward: llama_forward.LlamaForward, settings: Settings) -> 
     if why_not is not None:
         log.info("decode steps run eagerly: no compiled step on %s", why_not)
         return
-    # The compiler's cache (generated kernels, autotuning results) lives with the model cache, so a
-    # restart with the same volume recompiles less.
-    # (Inductor writes its default into the environment once it has read it, so that default is ours
-    # to replace; a directory of the operator's own is kept.)
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in {None, os.path.abspath(default_cache_dir())}:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root(settings) / "inductor")
+    _point_compiler_cache(settings)
     step = compiled_decode.CompiledDecode(forward)
     if settings.decode_packages and _load_packages(step, settings):
         return _compiled(forward, step)
@@ -345,6 +367,21 @@ def _compile_decode(forward: llama_forward.LlamaForward, settings: Settings) -> 
         step.thread_counts,
         step.shared_bytes / 1e6,
     )
+
+
+def _point_compiler_cache(settings: Settings) -> None:
+    """The compiler's cache (generated kernels, autotuning results) lives with the model cache, so a
+    restart with the same volume recompiles less; the package builder's child inherits it. A directory
+    of the operator's own is kept. Inductor writes its default into the environment once it has read
+    it, so that default is ours to replace; it is only looked up where inductor is already imported,
+    since the served worker never imports it."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is not None and "torch._inductor" in sys.modules:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        current = None if current == os.path.abspath(default_cache_dir()) else current
+    if current is None:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root(settings) / "inductor")
 
 
 def _compiled(forward: llama_forward.LlamaForward, step: compiled_decode.CompiledDecode) -> None:

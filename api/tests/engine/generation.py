@@ -6,6 +6,7 @@ import asyncio
 
 import torch
 
+from pibloom.engine.checkpoint import LlamaCheckpoint
 from pibloom.engine.loader import LoadedModel
 from pibloom.engine.request import SamplingParams
 from pibloom.engine.scheduler import Engine
@@ -51,10 +52,38 @@ async def engine_greedy(loaded: LoadedModel, *, batched: bool = True) -> list[li
         engine.shutdown(10)
 
 
+def transformers_twin(model: torch.nn.Module) -> torch.nn.Module:
+    """A transformers model that computes with `model`'s own modules and weights, as loaded (4-bit,
+    fused or packed alike). A model read by `engine.checkpoint` has no forward of its own; transformers'
+    Llama code over the same modules is the reference it is held to. Any other model is returned as is.
+    Built at each call, so it sees what the engine has done to the modules since."""
+    if not isinstance(model, LlamaCheckpoint):
+        return model
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    config = LlamaConfig(**model.config.to_dict())
+    with torch.device("meta"):
+        twin = LlamaForCausalLM(config)
+    body, ours = twin.model, model.model
+    body.embed_tokens, body.norm.weight = ours.embed_tokens, ours.norm.weight
+    body.rotary_emb = LlamaRotaryEmbedding(config)
+    for layer, own in zip(body.layers, ours.layers, strict=True):
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(layer.self_attn, name, getattr(own.self_attn, name))
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            setattr(layer.mlp, name, getattr(own.mlp, name))
+        layer.input_layernorm.weight = own.input_layernorm.weight
+        layer.post_attention_layernorm.weight = own.post_attention_layernorm.weight
+    twin.lm_head = model.lm_head
+    twin.generation_config = model.generation_config
+    return twin.eval()
+
+
 def reference(loaded: LoadedModel, prompt: list[int], n: int) -> list[int]:
     """transformers' own greedy `generate`, the output every optimisation must reproduce."""
     with torch.inference_mode():
-        out = loaded.model.generate(
+        out = transformers_twin(loaded.model).generate(
             torch.tensor([prompt]),
             max_new_tokens=n,
             do_sample=False,

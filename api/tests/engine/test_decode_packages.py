@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_checkpoint import heavy_imports_of_a_load
 from test_compiled_decode import last_step_logits, load_compiled
 
 from pibloom.engine import decode_packages, loader
@@ -36,6 +37,13 @@ def test_a_second_load_runs_the_stored_packages_without_building_or_compiling(
     again = load_compiled(tiny_llama_settings, "float32", packages=True)
     assert again.forward.compiled.packaged  # type: ignore[attr-defined]
     assert torch.equal(last_step_logits(again, [5, 9]), last_step_logits(packaged, [5, 9]))
+
+
+def test_a_worker_that_runs_packages_imports_no_compiler(packaged: LoadedModel, tiny_llama_settings: Settings) -> None:
+    """Loading the stored packages, as a served worker does, imports neither torch's compiler nor
+    transformers' model classes (the two together ~90 MB resident in the served worker)."""
+    settings = tiny_llama_settings.model_copy(update={"dtype": "float32", "quantize": "int4", "decode_packages": True})
+    assert heavy_imports_of_a_load(settings) == (True, [])
 
 
 def test_the_one_row_package_reads_the_lean_pass_weights_in_place(packaged: LoadedModel) -> None:

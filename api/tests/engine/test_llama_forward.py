@@ -22,6 +22,8 @@ from pibloom.engine.llama_forward import (
 from pibloom.engine.loader import LoadedModel, load_model
 from pibloom.settings import Settings
 
+from generation import transformers_twin
+
 
 def reference_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -61,7 +63,7 @@ def lean_logits_stepwise(lean: LlamaForward, ids: torch.Tensor, mask: torch.Tens
 # Rows of different lengths decode together: padding and capacity columns are masked.
 @pytest.mark.parametrize("lengths", [[12, 7, 12, 3], [12, 7, 12, 3, 9, 11, 6, 12, 4, 10, 8, 12]])
 def test_prefill_and_decode_match_transformers(tiny_llama: LoadedModel, lengths: list[int]) -> None:
-    model, lean = tiny_llama.model, tiny_llama.forward
+    model, lean = transformers_twin(tiny_llama.model), tiny_llama.forward
     assert isinstance(lean, LlamaForward)
     ids, mask = padded_batch(model.config.vocab_size, lengths)
     expected = reference_logits(model, ids, mask)
@@ -72,7 +74,7 @@ def test_prefill_and_decode_match_transformers(tiny_llama: LoadedModel, lengths:
 
 
 def test_chunked_prefill_on_a_dynamic_cache_matches_one_pass(tiny_llama: LoadedModel) -> None:
-    model, lean = tiny_llama.model, tiny_llama.forward
+    model, lean = transformers_twin(tiny_llama.model), tiny_llama.forward
     assert isinstance(lean, LlamaForward)
     ids = torch.randint(3, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)

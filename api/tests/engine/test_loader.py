@@ -14,6 +14,8 @@ from pibloom.engine import loader
 from pibloom.engine.loader import FALLBACK_CHAT_TEMPLATE, ModelLoadError, load_model, resolve
 from pibloom.settings import Settings
 
+from generation import transformers_twin
+
 
 def settings(tmp_path: Path, **kw: object) -> Settings:
     values: dict[str, object] = {"cache_dir": tmp_path / "cache", "device": "cpu", "dtype": "float32"}
@@ -158,7 +160,7 @@ def test_embedded_default_needs_only_the_package_index() -> None:
     )
     ids = loaded.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.inference_mode():
-        out = loaded.model.generate(ids, max_new_tokens=12, do_sample=False)
+        out = transformers_twin(loaded.model).generate(ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in loaded.tokenizer.decode(out[0, ids.shape[1] :])
 
 
