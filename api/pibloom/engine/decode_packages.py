@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from .llama_forward import LlamaForward
 
-FORMAT = 1  # bump when what is built changes in a way the fingerprint does not see
+FORMAT = 2  # bump when what is built changes in a way the fingerprint does not see
 _MAX_ROWS = 1 << 16  # prompt chunks run through the many-row graph, a token a row
 # Package options beside the graphs': the weights in a blob of their own, read once (inside the .so they
 # were held twice, 474 against 348 MB for two packages, measured).

@@ -131,13 +131,23 @@ HEAVY = ("torch._dynamo", "torch._inductor", "transformers.modeling_utils", "tra
 
 def heavy_imports_of_a_load(settings: Settings) -> tuple[bool, list[str]]:
     """Which of transformers' model code and torch's compiler a fresh process imports to load the
-    model of `settings` (given through the environment, as a worker reads them), and whether it
-    runs decode packages."""
+    model of `settings` (given through the environment, as a worker reads them) and serve a request
+    with it, and whether it runs decode packages."""
     script = (
-        "import sys\n"
+        "import asyncio, sys\n"
         "from pibloom.engine.loader import load_model\n"
+        "from pibloom.engine.request import SamplingParams\n"
+        "from pibloom.engine.scheduler import Engine\n"
         "from pibloom.settings import Settings\n"
         "loaded = load_model(Settings())\n"
+        "engine = Engine(loaded, max_batch_size=4, max_queue=4, prefill_chunk=16)\n"
+        "engine.start()\n"
+        "async def serve(prompt):\n"
+        "    return [e async for e in engine.stream(prompt, SamplingParams(max_tokens=4, temperature=0.0))]\n"
+        "async def both():\n"
+        "    return await asyncio.gather(serve([5, 6, 7, 8, 9]), serve([10, 11]))\n"
+        "assert all(asyncio.run(both()))\n"
+        "engine.shutdown(10)\n"
         "packaged = bool(getattr(loaded.forward.compiled, 'packaged', False))\n"
         f"print(loaded.forward_name, packaged, sorted(name for name in {HEAVY!r} if name in sys.modules))\n"
     )
@@ -154,7 +164,8 @@ def heavy_imports_of_a_load(settings: Settings) -> tuple[bool, list[str]]:
 def test_the_lean_pass_serves_it_without_importing_model_classes_or_the_compiler(
     tiny_llama: LoadedModel, tiny_llama_settings: Settings
 ) -> None:
-    """What the checkpoint reader is for: a worker that loads the model imports neither transformers'
-    model classes nor torch's compiler (~90 MB of resident memory in the served worker)."""
+    """What the checkpoint reader is for: a worker that loads the model and serves requests imports
+    neither transformers' model classes nor torch's compiler (~90 MB of resident memory in the served
+    worker)."""
     assert isinstance(tiny_llama.model, LlamaCheckpoint) and tiny_llama.lean
     assert heavy_imports_of_a_load(tiny_llama_settings) == (False, [])
