@@ -20,8 +20,6 @@ from typing import Protocol
 from limits import RateLimitItemPerSecond
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from ...metrics import Metrics
 
@@ -39,6 +37,10 @@ class Limiter(Protocol):
 
 class SharedLimiter:
     def __init__(self, storage_uri: str, count: int, seconds: float, *, metrics: Metrics, pause: float = 5.0) -> None:
+        # Imported only where a store is configured: redis's client is 6 MB resident in every worker.
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         uri = storage_uri if storage_uri.startswith("async+") else f"async+{storage_uri}"
         storage = storage_from_string(
             uri,
