@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from pibloom.engine import checkpoint
@@ -47,13 +47,7 @@ def test_the_same_weights_config_and_tokenizer_as_transformers_reads(tiny_llama_
     assert ours.generation_config.eos_token_id == theirs.generation_config.eos_token_id
     tokenizer = checkpoint.tokenizer(folder)
     text = "The quick brown fox, 日本語"
-    assert tokenizer(text)["input_ids"] == theirs_tokenizer(folder)(text)["input_ids"]
-
-
-def theirs_tokenizer(folder: Path):  # type: ignore[no-untyped-def]
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder)
+    assert tokenizer(text)["input_ids"] == AutoTokenizer.from_pretrained(folder)(text)["input_ids"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
