@@ -80,7 +80,8 @@ def unreadable(folder: Path) -> str | None:
         return "sliding-window attention"
     if _rope_theta(config) is None:
         return "rotary embeddings other than the default kind"
-    if not _weight_files(folder) or not all(path.is_file() for path in _weight_files(folder)):
+    weights = _weight_files(folder)
+    if not weights or not all(path.is_file() for path in weights):
         return "no safetensors weights"
     tokenizer_config = folder / "tokenizer_config.json"
     if not (folder / "tokenizer.json").is_file() or not tokenizer_config.is_file():

@@ -228,7 +228,7 @@ def build(forward: LlamaForward, where: Path) -> None:
             ranked = torch.export.export(
                 head.int4.eval(),
                 (torch.zeros(compiled_decode._TUNE_ROWS, head.in_features, dtype=forward.final_norm.dtype),),
-                dynamic_shapes=({0: torch.export.Dim("rows", min=2, max=_MAX_ROWS)},),
+                dynamic_shapes=({0: rows},),
             )
             _compile(ranked, scratch / "ranking", _PACKAGE_OPTIONS)
     (scratch / "built.json").write_text(json.dumps({"format": FORMAT, "torch": torch.__version__}))
