@@ -14,11 +14,10 @@ become part of the compiled code, which is why the graph covers the whole stack 
 one projection at a time (each would be compiled anew). Attention stays outside it as a custom
 operator: it writes the new keys and values into the engine's cache, whose length changes every step
 and whose rows come and go, and that the graph should not see. Two graphs are compiled at load, one
-for a single row and one for any other count, so no step ever waits for the compiler. Beside them,
-the output layer's 4-bit ranking of argmax-only steps is compiled for more than a few rows
-(`CompiledRanking`). On a CPU with AMX, prompt chunks run through the graph for many rows as well,
-each token a row (`CompiledDecode.__call__`): its AMX 4-bit GEMM is faster than the dense bfloat16
-matmul at any chunk size, so the dense weights can go (`prefill_pays`).
+for a single row and one for any other count, so no step ever waits for the compiler. On a CPU with
+AMX, prompt chunks run through the graph for many rows as well, each token a row
+(`CompiledDecode.__call__`): its AMX 4-bit GEMM is faster than the dense bfloat16 matmul at any chunk
+size, so the dense weights can go (`prefill_pays`).
 
 The server normally runs these graphs as packages built ahead of time (`decode_packages`,
 `CompiledDecode.use_packages`); `warm` compiles them in this process where that is turned off or the
@@ -38,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu, graph_constants, output_head, toolchain
+from . import cpu, graph_constants, toolchain
 from .kv_cache import SlotCache
 
 if TYPE_CHECKING:
@@ -196,32 +195,6 @@ class _Stack(nn.Module):
         return F.rms_norm(h, (hidden,), self.final_norm, self.eps)
 
 
-def ranked_head(forward: LlamaForward) -> output_head.RescoredHead | None:
-    """The output layer whose 4-bit ranking of many rows is compiled beside the stack, if it is one."""
-    head = forward.head
-    return head if isinstance(head, output_head.RescoredHead) else None
-
-
-class CompiledRanking:
-    """The argmax-only ranking of steps of several rows through inductor's 4-bit GEMM: past four rows
-    torch's kernel unpacks the weights once per row (32 rows: 10.7 ms for SmolLM2's output layer, more
-    than the dense bfloat16 product's 4.8), the template does not (2.8). Returns None, for the head's
-    dense product, at a thread count or shape it was not compiled for: a step never waits for the
-    compiler."""
-
-    def __init__(self, compiled: Any, thread_counts: tuple[int, ...]) -> None:
-        self.compiled, self.thread_counts = compiled, thread_counts
-
-    def __call__(self, h: torch.Tensor) -> torch.Tensor | None:
-        if torch.get_num_threads() not in self.thread_counts:
-            return None
-        try:
-            out: torch.Tensor = _without_compiling(self.compiled, h)
-        except NotCovered:
-            return None
-        return out
-
-
 class NotCovered(Exception):
     """A call the compiled graphs do not cover; raised before anything was computed."""
 
@@ -272,8 +245,6 @@ class CompiledDecode:
 
         compiled = torch.compile(self.stack, fullgraph=True)
         forward = self.forward
-        head = ranked_head(forward)
-        ranking = None if head is None or head.int4 is None else torch.compile(head.int4.eval(), fullgraph=True)
         current = torch.get_num_threads()
         counts = tuple(sorted(set(threads or (current,))))
         start = time.perf_counter()
@@ -295,15 +266,9 @@ class CompiledDecode:
                         cache.reset(0)
                         ids, mask = torch.zeros(rows, 1, dtype=torch.long), torch.ones(rows, 1, dtype=torch.long)
                         self._run(compiled, ids, mask, ids, cache, dynamic=rows > 1)
-                    if ranking is not None:  # any count of rows from two (steps of up to four rank eagerly)
-                        rows_in = torch.zeros(_TUNE_ROWS, head.in_features, dtype=forward.final_norm.dtype)
-                        torch._dynamo.mark_dynamic(rows_in, 0)
-                        ranking(rows_in)
         finally:
             torch.set_num_threads(current)
         self.compiled = compiled
-        if head is not None and ranking is not None:
-            head.ranking = CompiledRanking(ranking, counts)
         self.seconds = time.perf_counter() - start
         self.thread_counts = counts
         self.shared_bytes = sharing.saved_bytes
@@ -315,9 +280,6 @@ class CompiledDecode:
         self.packaged = True
         self.seconds = seconds
         self.thread_counts = ()
-        head = ranked_head(self.forward)
-        if head is not None and packages.ranking is not None:
-            head.ranking = packages.ranking
 
     def _threads_for(self, threads: int) -> int:
         """The compiled thread count a step runs at: the largest not above the team's, else the least."""

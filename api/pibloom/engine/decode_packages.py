@@ -9,10 +9,10 @@ one C++ function (one row 3.4 against 4.2 ms, measured), and a package built for
 a team of one with identical outputs, as fast as one built for one thread (its kernels share work
 out in OpenMP loops), so one set serves every team size.
 
-Three packages, as `CompiledDecode.warm` compiles three graphs: the decoder stack for many rows (rows
-dynamic, its 4-bit weights re-blocked for inductor's AMX or AVX-512 GEMM and stored beside it), the
+Two packages, as `CompiledDecode.warm` compiles two graphs: the decoder stack for many rows (rows
+dynamic, its 4-bit weights re-blocked for inductor's AMX or AVX-512 GEMM and stored beside it) and the
 stack for one row (torch's int4 kernel, which reads the lean pass's own 4-bit weights: the package is
-handed those tensors rather than a copy), and the output layer's 4-bit ranking for many rows.
+handed those tensors rather than a copy).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from .llama_forward import LlamaForward
 
-FORMAT = 2  # bump when what is built changes in a way the fingerprint does not see
+FORMAT = 3  # bump when what is built changes in a way the fingerprint does not see
 _MAX_ROWS = 1 << 16  # prompt chunks run through the many-row graph, a token a row
 # Package options beside the graphs': the weights in a blob of their own, read once (inside the .so they
 # were held twice, 474 against 348 MB for two packages, measured).
@@ -57,12 +57,9 @@ def _stack_buffers(forward: LlamaForward) -> dict[str, torch.Tensor]:
 
 
 def fingerprint(forward: LlamaForward) -> str:
-    """What the packages depend on: the weights themselves, the ranking's, torch, the CPU, the options."""
+    """What the packages depend on: the weights themselves, torch, the CPU, the options."""
     digest = hashlib.blake2b(digest_size=16)
-    head = compiled_decode.ranked_head(forward)
     tensors = sorted(_stack_buffers(forward).items())
-    if head is not None and head.int4 is not None:
-        tensors += sorted((f"ranking.{k}", v) for k, v in head.int4.state_dict(keep_vars=True).items())
     meta = {
         "format": FORMAT,
         "torch": torch.__version__,
@@ -70,7 +67,6 @@ def fingerprint(forward: LlamaForward) -> str:
         "machine": platform.machine(),
         "options": compiled_decode._OPTIONS,
         "threads": torch.get_num_threads(),
-        "ranking_rows": head.rows if head is not None else None,
     }
     digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, tensor in tensors:
@@ -128,8 +124,8 @@ def _stored_constants(so: Path, blob: Path, names: set[str]) -> dict[str, torch.
 class Packages:
     """The stack for one row and for many, as `CompiledDecode` calls a graph: (h, cos, sin) -> h."""
 
-    def __init__(self, one: Package, many: Package, ranking: Package | None) -> None:
-        self.one, self.many, self.ranking = one, many, ranking
+    def __init__(self, one: Package, many: Package) -> None:
+        self.one, self.many = one, many
 
     def __call__(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         rows = h.shape[0]
@@ -149,12 +145,11 @@ def load(where: Path, forward: LlamaForward) -> Packages:
     try:
         one = Package(where / "one", constants=_stack_buffers(forward))
         many = Package(where / "many")
-        ranking = Package(where / "ranking") if (where / "ranking").is_dir() else None
     except PackageError:
         raise
     except Exception as exc:  # a missing file, a runner that will not load: never a failed start
         raise PackageError(f"cannot load the packages in {where}: {type(exc).__name__}: {exc}") from exc
-    return Packages(one, many, ranking)
+    return Packages(one, many)
 
 
 def build_in_child(settings: Settings, where: Path, timeout: float = _BUILD_TIMEOUT) -> float:
@@ -201,7 +196,7 @@ def _compile(program: Any, target: Path, options: dict[str, Any]) -> None:
 
 
 def build(forward: LlamaForward, where: Path) -> None:
-    """Export and compile the three graphs into `where` (run by `build_in_child`'s child)."""
+    """Export and compile the two graphs into `where` (run by `build_in_child`'s child)."""
     import torch._inductor  # the compiler: imported here, in the child, never by a server running packages
 
     compiled_decode._attention_operator()
@@ -223,14 +218,6 @@ def build(forward: LlamaForward, where: Path) -> None:
         # package runs on those tensors instead of a re-blocked copy of its own.
         one = torch.export.export(stack, _examples(forward, 1))
         _compile(one, scratch / "one", {**_PACKAGE_OPTIONS, "max_autotune_gemm_backends": "ATEN"})
-        head = compiled_decode.ranked_head(forward)
-        if head is not None and head.int4 is not None:
-            ranked = torch.export.export(
-                head.int4.eval(),
-                (torch.zeros(compiled_decode._TUNE_ROWS, head.in_features, dtype=forward.final_norm.dtype),),
-                dynamic_shapes=({0: rows},),
-            )
-            _compile(ranked, scratch / "ranking", _PACKAGE_OPTIONS)
     (scratch / "built.json").write_text(json.dumps({"format": FORMAT, "torch": torch.__version__}))
     try:
         scratch.rename(where)

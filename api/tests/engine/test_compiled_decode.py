@@ -15,7 +15,6 @@ from pibloom.engine import compiled_decode, loader
 from pibloom.engine.compiled_decode import CompiledDecode, unavailable
 from pibloom.engine.kv_cache import LaneGroup, LaneStep, SlotCache
 from pibloom.engine.loader import LoadedModel, load_model
-from pibloom.engine.output_head import RescoredHead
 from pibloom.settings import Settings
 
 from generation import engine_greedy
@@ -310,31 +309,3 @@ def test_a_team_between_the_compiled_counts_runs_at_the_nearest_below(compiled: 
         assert step._threads_for(1) == 2  # none below: the least
     finally:
         step.thread_counts = step_counts
-
-
-def test_argmax_only_steps_of_many_rows_rank_through_the_compiled_ranking(compiled_bf16: LoadedModel) -> None:
-    """Past the head's small steps, an argmax-only step ranks the vocabulary through the compiled 4-bit
-    ranking and keeps the dense winner; at a thread count it was not compiled for, it is the dense
-    product, without compiling anything (in inference mode, as the engine's steps run)."""
-    head = compiled_bf16.model.lm_head
-    assert isinstance(head, RescoredHead) and head.ranking is not None and head.rows == 4
-    torch.manual_seed(1)
-    with torch.inference_mode():
-        for rows in (5, 16, 33):
-            h = torch.randn(rows, 1, head.in_features).to(torch.bfloat16)
-            dense = torch.nn.functional.linear(h, head.weight, head.bias)
-            ranked = head.ranking(h[:, 0])
-            assert ranked is not None and ranked.shape == (rows, head.out_features)
-            got = head(h, argmax_only=True)
-            assert torch.equal(got.argmax(-1), dense.argmax(-1))
-            assert not torch.equal(got, dense)  # the rest are the 4-bit ranking's
-            assert torch.equal(head(h), dense)  # a step that samples reads the dense product
-        counts = head.ranking.thread_counts  # type: ignore[attr-defined]
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(counts) + 1)
-        try:
-            h = torch.randn(8, 1, head.in_features).to(torch.bfloat16)
-            assert head.ranking(h[:, 0]) is None
-            assert torch.equal(head(h, argmax_only=True), torch.nn.functional.linear(h, head.weight, head.bias))
-        finally:
-            torch.set_num_threads(threads)

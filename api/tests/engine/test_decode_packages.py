@@ -15,9 +15,8 @@ from test_compiled_decode import last_step_logits, load_compiled
 
 from pibloom.engine import decode_packages, loader
 from pibloom.engine.compiled_decode import CompiledDecode
-from pibloom.engine.decode_packages import Package, PackageError
+from pibloom.engine.decode_packages import PackageError
 from pibloom.engine.loader import LoadedModel, load_model
-from pibloom.engine.output_head import RescoredHead
 from pibloom.settings import Settings
 
 
@@ -77,20 +76,6 @@ def test_one_set_of_packages_serves_a_team_of_one(packaged: LoadedModel) -> None
     for a, b in zip(whole, alone, strict=True):
         assert torch.allclose(a, b, atol=float(a.abs().max()) * 1e-5, rtol=0)
     assert packaged.forward._eager_steps == fallbacks  # type: ignore[attr-defined]
-
-
-def test_argmax_only_steps_of_many_rows_rank_through_the_packaged_ranking(tiny_llama_settings: Settings) -> None:
-    loaded = load_compiled(tiny_llama_settings, "bfloat16", packages=True)
-    head = loaded.model.lm_head
-    assert isinstance(head, RescoredHead) and isinstance(head.ranking, Package)
-    torch.manual_seed(1)
-    with torch.inference_mode():
-        for rows in (5, 16, 33):
-            h = torch.randn(rows, 1, head.in_features).to(torch.bfloat16)
-            dense = torch.nn.functional.linear(h, head.weight, head.bias)
-            got = head(h, argmax_only=True)
-            assert torch.equal(got.argmax(-1), dense.argmax(-1))
-            assert not torch.equal(got, dense)  # the rest are the 4-bit ranking's
 
 
 def test_packages_are_found_by_the_weights_they_were_built_for(packaged: LoadedModel) -> None:

@@ -84,6 +84,7 @@ def test_larger_steps_and_other_dtypes_use_the_dense_layer() -> None:
     assert rescored.weight is linear.weight  # shared (often the tied embedding), not copied
     large = torch.randn(3, 1, 64).to(torch.bfloat16)
     assert torch.equal(rescored(large), F.linear(large, linear.weight))
+    assert torch.equal(rescored(large, argmax_only=True), F.linear(large, linear.weight))  # not ranked in 4 bits
     prompt = torch.randn(1, 3, 64).to(torch.bfloat16)  # three positions of one row count as three
     assert torch.equal(rescored(prompt), F.linear(prompt, linear.weight))
 
