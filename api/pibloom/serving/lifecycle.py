@@ -19,7 +19,6 @@ from ..engine.threads import ThreadGovernor, governed
 from ..metrics import Metrics
 from ..settings import Settings
 from .errors import ErrorKind, ServingError, unavailable
-from .prepare import warm_grammar
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +112,6 @@ class ModelHost:
     def _attached(self, engine: Engine) -> None:
         loaded = engine.loaded
         self.loaded, self.engine = loaded, engine
-        # llguidance's view of the vocabulary takes about a second to build: do it now, off the event
-        # loop, rather than on the first structured-output request.
-        threading.Thread(target=warm_grammar, args=(loaded,), name="pibloom-grammar-warm", daemon=True).start()
         self.metrics.ready.set(1)
         log.info(
             "model %s ready on %s (%s%s%s, %s forward pass)",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..engine.constraints import grammar_tokenizer
+from ..engine.constraints import grammar_tokenizer, has_grammar_tokenizer
 from ..engine.loader import LoadedModel
 from ..engine.memory import return_freed
 from ..engine.request import SamplingParams
@@ -137,9 +137,14 @@ def vocab_size(loaded: LoadedModel) -> int:
     return max(int(getattr(loaded.model.config, "vocab_size", 0) or 0), len(loaded.tokenizer))
 
 
+def grammar_ready(loaded: LoadedModel) -> bool:
+    return has_grammar_tokenizer(loaded.tokenizer)
+
+
 def warm_grammar(loaded: LoadedModel) -> None:
-    grammar_tokenizer(loaded.tokenizer, vocab_size(loaded))
-    return_freed()  # building it left 27 MB of freed scratch resident (measured, SmolLM2-135M)
+    if not grammar_ready(loaded):
+        grammar_tokenizer(loaded.tokenizer, vocab_size(loaded))
+        return_freed()  # building it left 27 MB of freed scratch resident (measured, SmolLM2-135M)
 
 
 def output_grammar(loaded: LoadedModel, output: OutputFormat | None, tools: ToolRequest | None = None) -> str | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,16 @@ class Service:
     @property
     def tokenizer(self) -> Any:
         return self.host.require().loaded.tokenizer
+
+    async def structured_ready(self, sampling: SamplingRequest, tools: ToolRequest | None = None) -> None:
+        """Before a request that asks for structured output (a response format, or a tool call it
+        forces): llguidance's view of the vocabulary, built off the event loop by the first such
+        request (0.4 s) and then kept, so the checks in `chat` and `completion` find it."""
+        if sampling.output is None and (tools is None or not tools.constrained):
+            return
+        loaded, _ = self.host.require()
+        if not prepare.grammar_ready(loaded):
+            await asyncio.to_thread(prepare.warm_grammar, loaded)
 
     def chat(
         self,

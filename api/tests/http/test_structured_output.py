@@ -4,12 +4,19 @@ valid (the weights know nothing of JSON), alone, in mixed batches, streamed and 
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import json
 from typing import Any
 
 import httpx
 import jsonschema
 import pytest
+
+from pibloom.engine.loader import LoadedModel
+from pibloom.serving.prepare import grammar_ready
+
+from support import ServerFactory
 
 MODEL = "tiny-bloom"
 USER = [{"role": "user", "content": "Give me the record."}]
@@ -74,6 +81,23 @@ def chat(base_url: str, **body: Any) -> httpx.Response:
 
 def assert_valid(text: str, schema: dict[str, Any]) -> None:
     jsonschema.validate(json.loads(text), schema)
+
+
+def test_the_grammar_tokenizer_waits_for_the_first_structured_request(
+    server_factory: ServerFactory, tiny_loaded: LoadedModel
+) -> None:
+    """llguidance's view of the vocabulary is resident only once a request has asked for structured
+    output: not at load, not for a free request, then built by the first constrained one, which is
+    followed."""
+    fresh = dataclasses.replace(tiny_loaded, tokenizer=copy.copy(tiny_loaded.tokenizer))  # not yet seen
+    with server_factory(loader=lambda settings: fresh) as (url, _):
+        assert chat(url, max_tokens=2).status_code == 200
+        assert not grammar_ready(fresh)
+        schema = SCHEMAS["enum"]
+        response = chat(url, response_format=fmt(schema), max_tokens=40, temperature=1.0, seed=5)
+        assert response.status_code == 200, response.text
+        assert grammar_ready(fresh)
+        assert_valid(response.json()["choices"][0]["message"]["content"], schema)
 
 
 @pytest.mark.parametrize("name", list(SCHEMAS))

@@ -25,8 +25,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, servic
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    tools = body.tool_request()
-    generation = service.chat(body.messages, body.sampling(), model=body.model, logprobs=logprobs, tools=tools)
+    tools, sampling = body.tool_request(), body.sampling()
+    await service.structured_ready(sampling, tools)
+    generation = service.chat(body.messages, sampling, model=body.model, logprobs=logprobs, tools=tools)
     renderer = ChatRenderer(service.model_name, TokenText(service.tokenizer), logprobs, tools)
     return await respond(
         request,

@@ -24,9 +24,11 @@ COMPLETIONS_DEFAULT_MAX = 16
 )
 async def completions(body: CompletionRequest, request: Request, service: ServiceDep):
     screen(body, strict=service.settings.strict_fields)
+    sampling = body.sampling()
+    await service.structured_ready(sampling)
     generation = service.completion(
         body.prompt,
-        body.sampling(),
+        sampling,
         model=body.model,
         default_max=COMPLETIONS_DEFAULT_MAX,
         logprobs=body.logprobs,
