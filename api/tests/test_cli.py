@@ -130,15 +130,25 @@ def test_the_wait_policy_reaches_openmp_before_torch_loads(spin: str, count: str
     assert f"GOMP_SPINCOUNT = '{count}'" in done.stderr
 
 
-def test_the_gunicorn_master_loads_neither_the_web_framework_nor_the_other_commands() -> None:
+def test_the_gunicorn_master_loads_neither_the_web_framework_nor_the_settings_nor_the_other_commands() -> None:
     """Whatever the master imports, every worker forked from it holds too: `pibloom serve` imports the
-    batch client and the bench only when those commands run, and the web framework only in workers."""
+    batch client and the bench only when those commands run, and then execs a master that imports
+    gunicorn and its worker class, not pydantic, the settings or the web framework (workers do)."""
     script = (
         "import sys\n"
         "from pibloom import cli\n"
         "import pibloom.http.server\n"
         "print(sorted(m for m in ('fastapi', 'starlette', 'httpx', 'rich', 'jsonschema', 'yaml', 'pibloom.client.cli',"
         " 'pibloom.bench.cli') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+    script = (
+        "import sys\n"
+        "import pibloom.http.master, uvicorn_worker\n"
+        "print(sorted(m for m in ('pydantic', 'pibloom.settings', 'fastapi', 'starlette', 'torch', 'psutil',"
+        " 'prometheus_client') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

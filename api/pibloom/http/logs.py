@@ -10,10 +10,12 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..settings import Settings
 from .request_context import current_request_id
+
+if TYPE_CHECKING:  # the gunicorn master configures its logging without the settings' imports
+    from ..settings import Settings
 
 
 class RequestIdFilter(logging.Filter):
@@ -60,12 +62,16 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(settings: Settings) -> None:
+    configure_log_output(json_lines=settings.log_json, level=settings.log_level)
+
+
+def configure_log_output(*, json_lines: bool, level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
+    root.setLevel(level.upper())
     # transformers' progress bars and warnings are noise in a server log.
     logging.getLogger("transformers").setLevel(logging.ERROR)
     # uvicorn's access log would repeat each request with its query string and in its own format;

@@ -16,6 +16,9 @@ from collections.abc import MutableMapping
 from pathlib import Path
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Set by `pibloom serve`'s gunicorn master to its own pid before it forks workers, which inherit it
+# (`process.replica_processes`). Not a setting, hence no PIBLOOM_ prefix: the master's pid.
+REPLICA_ROOT = "_PIBLOOM_REPLICA_ROOT"
 
 
 def prepare(environ: MutableMapping[str, str]) -> tuple[Path, bool]:

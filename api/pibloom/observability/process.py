@@ -16,20 +16,15 @@ import psutil
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-_root_pid: int | None = None
-
-
-def set_replica_root(pid: int) -> None:
-    """Called by `pibloom serve` in the master before workers fork: they inherit it."""
-    global _root_pid
-    _root_pid = pid
+from . import multiproc
 
 
 def replica_processes() -> list[psutil.Process]:
-    if _root_pid is None:
+    root_pid = os.environ.get(multiproc.REPLICA_ROOT)
+    if not root_pid:
         return [psutil.Process(os.getpid())]
     try:
-        root = psutil.Process(_root_pid)
+        root = psutil.Process(int(root_pid))
         return [root, *root.children(recursive=True)]
     except psutil.Error:  # the master is gone: report what is left, this process
         return [psutil.Process(os.getpid())]
