@@ -156,6 +156,7 @@ class _Stack(nn.Module):
         # group size and the set of biased projections, rather than one of each per layer.
         groups: set[int] = set()
         biased: set[str] = set()
+        layouts: set[bool] = set()
         for index, (layer, int4) in enumerate(zip(forward.layers, forward.int4_layers, strict=True)):
             self.register_buffer(f"input_norm{index}", layer.input_norm, persistent=False)
             self.register_buffer(f"post_norm{index}", layer.post_norm, persistent=False)
@@ -164,16 +165,23 @@ class _Stack(nn.Module):
                 self.register_buffer(f"{name}{index}", linear.packed, persistent=False)
                 self.register_buffer(f"{name}_scales{index}", linear.scales_zeros, persistent=False)
                 groups.add(linear.group)
+                layouts.add(linear.blocked)
                 if linear.bias is not None:
                     self.register_buffer(f"{name}_bias{index}", linear.bias.detach(), persistent=False)
                     biased.add(name)
         (self.group,) = groups  # the loader quantizes every projection alike
+        # Weights re-blocked for inductor's AMX GEMM (`int4_blocked`), all or none: piBLOOM's kernel
+        # computes them (the one-row graph then reads the many-row graph's weights).
+        (self.blocked,) = layouts
         self.biased = frozenset(biased)
         self.register_buffer("final_norm", forward.final_norm, persistent=False)
 
     def _project(self, x: torch.Tensor, name: str, index: int) -> torch.Tensor:
         weight, scales = getattr(self, f"{name}{index}"), getattr(self, f"{name}_scales{index}")
-        out = torch._weight_int4pack_mm_for_cpu(x, weight, self.group, scales)
+        if self.blocked:
+            out = torch.ops.pibloom_kernels.int4_blocked_mm(x, weight, scales, self.group)
+        else:
+            out = torch._weight_int4pack_mm_for_cpu(x, weight, self.group, scales)
         return out + getattr(self, f"{name}_bias{index}") if name in self.biased else out
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -278,6 +286,7 @@ class CompiledDecode:
         serve every team size, and no call can make them compile."""
         self.compiled = packages
         self.packaged = True
+        self.stack = _Stack(self.forward).eval()  # over the tensors loading them may have swapped in
         self.seconds = seconds
         self.thread_counts = ()
 

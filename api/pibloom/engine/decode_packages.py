@@ -11,8 +11,11 @@ out in OpenMP loops), so one set serves every team size.
 
 Two packages, as `CompiledDecode.warm` compiles two graphs: the decoder stack for many rows (rows
 dynamic, its 4-bit weights re-blocked for inductor's AMX or AVX-512 GEMM and stored beside it) and the
-stack for one row (torch's int4 kernel, which reads the lean pass's own 4-bit weights: the package is
-handed those tensors rather than a copy).
+stack for one row, which is handed the lean pass's tensors rather than a copy. Where the many-row
+graph re-blocks the weights (AMX), the one-row graph computes with piBLOOM's kernel for that layout
+(`int4_blocked`) and the lean pass takes the many-row graph's weights and scales in place of its own
+(`_adopt`): one copy of the projections in the worker, not two. Elsewhere it runs torch's int4 kernel
+over the lean pass's weights in torch's layout.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import compiled_decode, cpu
+from . import compiled_decode, cpu, int4_blocked
 
 if TYPE_CHECKING:
     from ..settings import Settings
     from .llama_forward import LlamaForward
 
-FORMAT = 3  # bump when what is built changes in a way the fingerprint does not see
+FORMAT = 4  # bump when what is built changes in a way the fingerprint does not see
 _MAX_ROWS = 1 << 16  # prompt chunks run through the many-row graph, a token a row
 # Package options beside the graphs': the weights in a blob of their own, read once (inside the .so they
 # were held twice, 474 against 348 MB for two packages, measured).
@@ -138,18 +141,74 @@ def folder(cache: Path, forward: LlamaForward) -> Path:
     return cache / "decode-packages" / fingerprint(forward)
 
 
+def _kernels(where: Path) -> Path:
+    """The model cache's directory of piBLOOM's kernels (`where` is cache/decode-packages/<fingerprint>)."""
+    return where.parent.parent / "kernels"
+
+
 def load(where: Path, forward: LlamaForward) -> Packages:
-    if not (where / "built.json").is_file():
-        raise PackageError(f"no packages in {where}")
+    """The packages in `where`, run on the lean pass's tensors; where the one-row graph was built for
+    re-blocked weights, the lean pass first takes the many-row graph's (`_adopt`)."""
+    try:
+        built = json.loads((where / "built.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise PackageError(f"no packages in {where}") from exc
     compiled_decode._attention_operator()  # the graphs call it by name: it must be registered first
     try:
-        one = Package(where / "one", constants=_stack_buffers(forward))
         many = Package(where / "many")
+        if built.get("one") == BLOCKED:
+            int4_blocked.load(_kernels(where))
+            _adopt(forward, many)
+        one = Package(where / "one", constants=_stack_buffers(forward))
     except PackageError:
         raise
     except Exception as exc:  # a missing file, a runner that will not load: never a failed start
         raise PackageError(f"cannot load the packages in {where}: {type(exc).__name__}: {exc}") from exc
     return Packages(one, many)
+
+
+BLOCKED = "blocked"  # built.json's "one": the one-row graph reads re-blocked weights (`int4_blocked`)
+
+
+def _reblocked(many: Package, forward: LlamaForward) -> list[tuple[Any, torch.Tensor, torch.Tensor]] | None:
+    """For each of the lean pass's 4-bit projections, the many-row graph's re-blocked copy of its weights
+    (found by content: inductor names them by number) and its copy of the scales (by name); None unless
+    every projection has both."""
+    assert forward.int4_layers is not None
+    stored = many.runner.extract_constants_map(False)  # the runner's own tensors, not copies
+    names = many.runner.get_constant_names_to_original_fqns()
+    by_name = {names.get(key, key): tensor for key, tensor in stored.items()}
+    by_content: dict[tuple[tuple[int, ...], bytes], torch.Tensor] = {}
+    for tensor in stored.values():
+        if tensor.dtype == torch.uint8:
+            by_content[tuple(tensor.shape), _digest(tensor)] = tensor
+    found = []
+    for index, layer in enumerate(forward.int4_layers):
+        for name, linear in layer.items():
+            assert linear is not None
+            if linear.blocked:
+                return None
+            blocked = int4_blocked.from_packed(linear.packed, linear.scales_zeros, linear.group)
+            weights = by_content.get((tuple(blocked.shape), _digest(blocked)))
+            scales = by_name.get(f"{name}_scales{index}")
+            if weights is None or scales is None or not torch.equal(scales, linear.scales_zeros):
+                return None
+            found.append((linear, weights, scales))
+    return found
+
+
+def _digest(tensor: torch.Tensor) -> bytes:
+    return hashlib.blake2b(tensor.contiguous().view(torch.uint8).numpy(), digest_size=16).digest()
+
+
+def _adopt(forward: LlamaForward, many: Package) -> None:
+    """The lean pass computes with the many-row graph's re-blocked weights and scales from now on; its
+    own copies go (63 and 13 MB for the embedded model)."""
+    found = _reblocked(many, forward)
+    if found is None:
+        raise PackageError("the many-row package does not hold every projection re-blocked")
+    for linear, weights, scales in found:
+        linear.adopt(weights, scales, many)
 
 
 def build_in_child(settings: Settings, where: Path, timeout: float = _BUILD_TIMEOUT) -> float:
@@ -214,15 +273,41 @@ def build(forward: LlamaForward, where: Path) -> None:
             stack, _examples(forward, compiled_decode._TUNE_ROWS), dynamic_shapes=({0: rows}, {0: rows}, {0: rows})
         )
         _compile(many, scratch / "many", _PACKAGE_OPTIONS)
-        # torch's int4 kernel at one row: it reads the lean pass's 4-bit weights as they are, so the
-        # package runs on those tensors instead of a re-blocked copy of its own.
+        # One row reads the lean pass's weights as they are (no copy of its own): the many-row graph's
+        # re-blocked ones where it has them and piBLOOM's kernel for them builds, else torch's layout.
+        layout = _one_row_layout(forward, scratch / "many", _kernels(where))
+        if layout == BLOCKED:
+            stack = compiled_decode._Stack(forward).eval()
+            for name, buffer in list(stack._buffers.items()):
+                assert buffer is not None
+                stack._buffers[name] = buffer.clone()
         one = torch.export.export(stack, _examples(forward, 1))
         _compile(one, scratch / "one", {**_PACKAGE_OPTIONS, "max_autotune_gemm_backends": "ATEN"})
-    (scratch / "built.json").write_text(json.dumps({"format": FORMAT, "torch": torch.__version__}))
+    built = {"format": FORMAT, "torch": torch.__version__, "one": layout}
+    (scratch / "built.json").write_text(json.dumps(built))
     try:
         scratch.rename(where)
     except OSError:  # another process finished the same packages first: theirs serve
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _one_row_layout(forward: LlamaForward, many: Path, kernels: Path) -> str:
+    """`BLOCKED` where the lean pass could take the many-row package's re-blocked weights (it then has,
+    in this child), else "packed" (torch's layout)."""
+    if forward.final_norm.dtype != torch.bfloat16 or int4_blocked.unavailable() is not None:
+        return "packed"
+    try:
+        int4_blocked.load(kernels)
+    except Exception as exc:  # no kernel: torch's, as before
+        print(f"piBLOOM's kernel for re-blocked weights did not build: {exc}", file=sys.stderr)
+        return "packed"
+    package = Package(many)
+    found = _reblocked(package, forward)
+    if found is None:
+        return "packed"
+    for linear, weights, scales in found:
+        linear.adopt(weights, scales, package)
+    return BLOCKED
 
 
 def _main(argv: list[str]) -> int:

@@ -168,11 +168,17 @@ def _dense(owner: nn.Module, names: list[str], bias: torch.Tensor | None, pack: 
     if not pack:
         return _Dense(_fuse(modules), bias)
     packed = _Packed(torch.cat([m.weight.detach() for m in modules], dim=0), bias)
-    start = 0
-    for name, module in zip(names, modules, strict=True):
-        setattr(owner, name, _PackedPart(packed, start, start + module.out_features))
-        start += module.out_features
+    _parts(owner, names, packed)
     return packed
+
+
+def _parts(owner: nn.Module, names: list[str], fused: Projection) -> None:
+    """Put the named layers' parts of the fused projection in their places (`_PackedPart`)."""
+    start = 0
+    for name in names:
+        rows = getattr(owner, name).out_features
+        setattr(owner, name, _PackedPart(fused, start, start + rows))
+        start += rows
 
 
 def _projection(
@@ -185,7 +191,8 @@ def _projection(
     bias = _fuse_bias(modules)
     quantizable = all(quantize.quantizable(m) for m in modules)
     if int4 and quantizable:
-        fused = quantize.fuse_quantized(modules, [(owner, name) for name in names], bias)
+        fused = quantize.quantize_fused(modules, bias)
+        _parts(owner, names, fused)
         return fused.forward, fused
     if int4_tokens and quantizable:
         small = quantize.quantize_fused(modules, bias)
@@ -393,11 +400,7 @@ class LlamaForward:
                     assert linear is not None
                     setattr(layer, name, linear.forward)
         for owner, names, fused in self._owners:
-            start = 0
-            for name in names:
-                part = getattr(owner, name)
-                setattr(owner, name, _PackedPart(fused, start, start + part.out_features))
-                start += part.out_features
+            _parts(owner, names, fused)
         self._owners = []
         return freed
 

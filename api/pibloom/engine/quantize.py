@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 GROUP = 32  # as GGUF's Q4_0/Q4_1 blocks: a Q4_1 file's levels come back exactly
-_ROW_BLOCK = 64  # rows of a packed weight that can be sliced off as a valid packed weight of their own
 
 
 # Machines whose torch builds vectorise the 4- and 8-bit weight kernels for float32 activations (NEON);
@@ -79,15 +78,29 @@ class Int4Linear(nn.Module):
         self.group = group
         self.out_features = scales_zeros.shape[1]
         self.in_features = scales_zeros.shape[0] * group
+        # `packed` laid out for inductor's AMX GEMM instead of torch's kernel (`int4_blocked`), once
+        # the lean pass has taken the many-row decode graph's weights (`adopt`).
+        self.blocked = False
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int4Linear:
         levels, scales_zeros = quantize_int4(linear.weight)
         return cls(pack(levels), scales_zeros, linear.bias)
 
+    def adopt(self, blocked: torch.Tensor, scales_zeros: torch.Tensor, owner: object) -> None:
+        """Compute from now on with these tensors: the same weights, re-blocked (`int4_blocked`), and
+        the same scales, held by `owner` (the many-row decode graph, whose memory they are: kept alive
+        as long as this layer); this layer's own copies go."""
+        self.packed, self.scales_zeros, self.blocked = blocked, scales_zeros, True
+        self._owner = owner
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, self.group, self.scales_zeros)
+        if self.blocked:
+            kernel = torch.ops.pibloom_kernels.int4_blocked_mm
+            out = kernel(flat, self.packed, self.scales_zeros, self.group)
+        else:
+            out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, self.group, self.scales_zeros)
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)
@@ -103,25 +116,6 @@ def quantize_fused(modules: list[nn.Linear], bias: torch.Tensor | None) -> Int4L
     theirs, fused); the modules themselves are left as they are."""
     levels, scales_zeros = quantize_int4(torch.cat([m.weight.detach() for m in modules], dim=0))
     return Int4Linear(pack(levels), scales_zeros, bias)
-
-
-def fuse_quantized(
-    modules: list[nn.Linear], owner_attrs: list[tuple[nn.Module, str]], bias: torch.Tensor | None
-) -> Int4Linear:
-    """`quantize_fused`, and layers over the same 4-bit values put in the modules' places, so the
-    model's own forward computes exactly what the fused matmul does. Their packed weights are views
-    of the fused one where the packing allows (blocks of 64 rows), else packed from the same levels."""
-    levels, scales_zeros = quantize_int4(torch.cat([m.weight.detach() for m in modules], dim=0))
-    fused = Int4Linear(pack(levels), scales_zeros, bias)
-    start = 0
-    for module, (owner, attr) in zip(modules, owner_attrs, strict=True):
-        stop = start + module.out_features
-        aligned = start % _ROW_BLOCK == 0 and (stop % _ROW_BLOCK == 0 or stop == fused.out_features)
-        packed = fused.packed[start:stop] if aligned else pack(levels[start:stop])
-        part_bias = None if bias is None else bias[start:stop]
-        setattr(owner, attr, Int4Linear(packed, scales_zeros[:, start:stop].contiguous(), part_bias))
-        start = stop
-    return fused
 
 
 def quantize_linears(model: nn.Module) -> int:

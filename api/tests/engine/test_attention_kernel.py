@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from test_compiled_decode import eager
 from test_llama_forward import lean_logits_stepwise, padded_batch
 
-from pibloom.engine import attention_kernel, loader
+from pibloom.engine import attention_kernel, loader, toolchain
 from pibloom.engine.loader import LoadedModel, load_model
 from pibloom.settings import Settings
 
@@ -118,7 +118,7 @@ def test_a_build_for_another_cpu_is_not_reused(build_dir: Path, monkeypatch: pyt
     a checkout on another machine) gets a build of its own rather than one that stops on an illegal
     instruction."""
     here = attention_kernel.library_path(build_dir, 64, 3)
-    monkeypatch.setattr(attention_kernel, "_cpu_features", lambda: "flags : fpu sse2 avx2")
+    monkeypatch.setattr(toolchain, "_cpu_features", lambda: "flags : fpu sse2 avx2")
     assert attention_kernel.library_path(build_dir, 64, 3) != here
 
 

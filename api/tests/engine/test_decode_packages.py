@@ -13,8 +13,8 @@ import torch
 from test_checkpoint import heavy_imports_of_a_load
 from test_compiled_decode import last_step_logits, load_compiled
 
-from pibloom.engine import decode_packages, loader
-from pibloom.engine.compiled_decode import CompiledDecode
+from pibloom.engine import decode_packages, int4_blocked, loader
+from pibloom.engine.compiled_decode import CompiledDecode, prefill_pays
 from pibloom.engine.decode_packages import PackageError
 from pibloom.engine.loader import LoadedModel, load_model
 from pibloom.settings import Settings
@@ -59,6 +59,34 @@ def test_the_one_row_package_reads_the_lean_pass_weights_in_place(packaged: Load
         with torch.inference_mode():
             scales.div_(2)
     assert torch.equal(last_step_logits(packaged, [6]), before)
+
+
+def test_with_amx_the_worker_holds_the_projections_once(tiny_llama_settings: Settings) -> None:
+    """Where the many-row graph re-blocks the 4-bit weights for its AMX GEMM (bfloat16 on a CPU with
+    AMX), the lean pass and the one-row graph compute with the many-row graph's own weights and scales,
+    through piBLOOM's kernel for that layout: one copy of the projections, read by all three (scaling
+    one shared tensor moves the one-row and the many-row logits alike, and restoring it restores them)."""
+    loaded = load_compiled(tiny_llama_settings, "bfloat16", packages=True)
+    lean = loaded.forward
+    if not prefill_pays(lean) or int4_blocked.unavailable() is not None:  # type: ignore[arg-type]
+        pytest.skip("no AMX GEMM here: the many-row graph reads torch's layout")
+    many = lean.compiled.compiled.many  # type: ignore[attr-defined]
+    held = {tensor.data_ptr() for tensor in many.runner.extract_constants_map(False).values()}
+    linears = [linear for layer in lean.int4_layers for linear in layer.values()]  # type: ignore[attr-defined]
+    assert all(linear.blocked for linear in linears)
+    assert all(linear.packed.data_ptr() in held and linear.scales_zeros.data_ptr() in held for linear in linears)
+    one, batch = last_step_logits(loaded, [6]), last_step_logits(loaded, [6, 3])
+    assert torch.allclose(one[0].float(), batch[0].float(), atol=float(one.abs().max()) * 2**-5, rtol=0)
+    scales = linears[0].scales_zeros
+    with torch.inference_mode():
+        scales.mul_(2)
+    try:
+        assert not torch.allclose(last_step_logits(loaded, [6]), one)
+        assert not torch.allclose(last_step_logits(loaded, [6, 3]), batch)
+    finally:
+        with torch.inference_mode():
+            scales.div_(2)
+    assert torch.equal(last_step_logits(loaded, [6]), one)
 
 
 def test_one_set_of_packages_serves_a_team_of_one(packaged: LoadedModel) -> None:

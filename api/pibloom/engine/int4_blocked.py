@@ -1,0 +1,75 @@
+"""4-bit weights in the layout inductor's AMX GEMM re-blocks them into, computed for a few rows by
+piBLOOM's kernel (`kernels/int4_blocked.cpp`), so that a worker holds the projections once.
+
+On a CPU with AMX, the many-row decode graph (`decode_packages`) re-blocks every projection's 4-bit
+weights for its AMX GEMM and keeps them, while the one-row graph ran torch's int4 kernel over the lean
+pass's own copy in torch's layout: the same weights twice, 63 MB each for the embedded model, and
+their scales twice (13 MB). The AMX GEMM is no answer at one row (8.5 against 4.3 ms a step, measured:
+it unpacks every weight into tiles, whatever the rows). This kernel reads the re-blocked layout at
+one row as fast as torch's kernel reads its own (a one-row step through the package: 4.2-4.4 against
+4.3-4.4 ms, alternating in one process), so the lean pass and the one-row graph take the many-row
+graph's tensors and the lean pass's copy goes (`decode_packages.load`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import torch
+
+from . import cpu, toolchain
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "kernels" / "int4_blocked.cpp"
+BLOCK = 32  # output columns per block: two per byte, column j and j + 16
+
+_lock = threading.Lock()
+_loaded = False
+
+
+def unavailable() -> str | None:
+    """None when the kernel can be built and run here; otherwise why not. It needs AVX-512 with
+    bfloat16 conversions, which every CPU with AMX has (the only ones whose GEMM re-blocks)."""
+    if not cpu.x86_64():
+        return "not an x86-64 CPU"
+    if "avx512_bf16" not in cpu.flags().split():
+        return "a CPU without AVX-512 bfloat16 instructions"
+    return toolchain.missing()
+
+
+def load(directory: Path) -> None:
+    """Build the kernel into `directory` unless a build of the same source is there, and register its
+    operator, `torch.ops.pibloom_kernels.int4_blocked_mm`, once per process. Raises what the build raised."""
+    global _loaded
+    with _lock:
+        if _loaded:
+            return
+        flags = toolchain.library_flags([])
+        target = toolchain.library_path(directory, "int4_blocked", SOURCE, flags)
+        if not target.exists():
+            log.info("building the 4-bit kernel for re-blocked weights into %s", target)
+            toolchain.build_library(SOURCE, target, flags)
+        torch.ops.load_library(str(target))
+        _loaded = True
+
+
+def matmul(x: torch.Tensor, blocked: torch.Tensor, scales_zeros: torch.Tensor, group: int) -> torch.Tensor:
+    """[M, K] bfloat16 rows times the re-blocked weights: [M, N], as `torch._weight_int4pack_mm_for_cpu`."""
+    out: torch.Tensor = torch.ops.pibloom_kernels.int4_blocked_mm(x, blocked, scales_zeros, group)
+    return out
+
+
+def from_packed(packed: torch.Tensor, scales_zeros: torch.Tensor, group: int) -> torch.Tensor:
+    """torch's packed int4 weight ([N, K/2] bytes in its own layout) re-blocked as inductor's AMX GEMM
+    does: the 4-bit levels read back through torch's own kernel (identity rows, scale 1 and zero 8 give
+    the levels themselves, exactly, whatever torch's layout is), then laid out [N/32, K, 16], column j
+    of a block in the low nibble and j + 16 in the high one."""
+    n, k = scales_zeros.shape[1], scales_zeros.shape[0] * group
+    identity = torch.eye(k, dtype=torch.bfloat16)
+    unit = torch.tensor([1.0, 8.0], dtype=torch.bfloat16).expand(k // group, n, 2).contiguous()
+    levels = torch._weight_int4pack_mm_for_cpu(identity, packed, group, unit).to(torch.uint8)  # [K, N]
+    blocks = levels.t().reshape(n // BLOCK, 2, BLOCK // 2, k).permute(0, 3, 1, 2)  # [N/32, K, 2, 16]
+    return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).contiguous().view(n, k // 2)
