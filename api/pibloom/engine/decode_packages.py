@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from .llama_forward import LlamaForward
 
-FORMAT = 4  # bump when what is built changes in a way the fingerprint does not see
+FORMAT = 5  # bump when what is built changes in a way the fingerprint does not see
 _MAX_ROWS = 1 << 16  # prompt chunks run through the many-row graph, a token a row
 # Package options beside the graphs': the weights in a blob of their own, read once (inside the .so they
 # were held twice, 474 against 348 MB for two packages, measured).
@@ -281,8 +281,12 @@ def build(forward: LlamaForward, where: Path) -> None:
             for name, buffer in list(stack._buffers.items()):
                 assert buffer is not None
                 stack._buffers[name] = buffer.clone()
+        one_options: dict[str, Any] = {**_PACKAGE_OPTIONS, "max_autotune_gemm_backends": "ATEN"}
+        if layout == BLOCKED:  # piBLOOM's kernel called as a C function, not through the proxy executor
+            shims = {torch.ops.pibloom_kernels.int4_blocked_mm.default: [int4_blocked.C_SHIM]}
+            one_options["aot_inductor.custom_ops_to_c_shims"] = shims
         one = torch.export.export(stack, _examples(forward, 1))
-        _compile(one, scratch / "one", {**_PACKAGE_OPTIONS, "max_autotune_gemm_backends": "ATEN"})
+        _compile(one, scratch / "one", one_options)
     built = {"format": FORMAT, "torch": torch.__version__, "one": layout}
     (scratch / "built.json").write_text(json.dumps(built))
     try:

@@ -15,11 +15,15 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/inductor/aoti_torch/utils.h>
 #include <torch/library.h>
 
 #include <vector>
 
 namespace {
+
+constexpr int64_t kPrefetch = 64;  // input columns ahead
 
 inline __m512 bf16_to_float(const at::BFloat16* p) {
   const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -42,6 +46,10 @@ void blocks(const float* x, const uint8_t* w, const at::BFloat16* sz, at::BFloat
     if (k % G == 0) {
       for (int b = 0; b < Blocks; ++b) {  // this group's scales and zeros: 32 interleaved pairs a block
         const at::BFloat16* pairs = sz + ((k / G) * N + (first + b) * 32) * 2;
+        if (k + G < K) {  // the next group's, two cache lines a block, a row of `sz` further on
+          _mm_prefetch(reinterpret_cast<const char*>(pairs + N * 2), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(pairs + N * 2 + 32), _MM_HINT_T0);
+        }
         const __m512 p0 = bf16_to_float(pairs), p1 = bf16_to_float(pairs + 16);
         const __m512 p2 = bf16_to_float(pairs + 32), p3 = bf16_to_float(pairs + 48);
         s_low[b] = _mm512_permutex2var_ps(p0, even, p1);
@@ -54,6 +62,9 @@ void blocks(const float* x, const uint8_t* w, const at::BFloat16* sz, at::BFloat
     for (int r = 0; r < Rows; ++r) a[r] = _mm512_set1_ps(x[r * K + k]);
     for (int b = 0; b < Blocks; ++b) {
       const uint8_t* bytes = w + ((first + b) * K + k) * 16;
+      // Weights come from memory, not cache, in a served step: ask for them 1 KB ahead, as torch's
+      // kernel does (without it a one-row step took 7.8 against 6.0-6.5 ms cold, measured).
+      if (k + kPrefetch < K) _mm_prefetch(reinterpret_cast<const char*>(bytes + kPrefetch * 16), _MM_HINT_T0);
       const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
       const __m512 lo = _mm512_fmadd_ps(_mm512_permutexvar_ps(v, centred), s_low[b], z_low[b]);
       const __m512 hi = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), centred), s_high[b], z_high[b]);
@@ -111,6 +122,19 @@ at::Tensor int4_blocked_mm_meta(const at::Tensor& x, const at::Tensor& w, const 
 }
 
 }  // namespace
+
+// The operator as a C function an AOTInductor package calls directly (inductor's
+// `aot_inductor.custom_ops_to_c_shims`), rather than through its proxy executor, which boxes every
+// call's arguments: 120 calls a one-row step of the embedded model.
+extern "C" AOTITorchError aoti_torch_cpu_int4_blocked_mm(AtenTensorHandle x, AtenTensorHandle w, AtenTensorHandle sz,
+                                                        int64_t group, AtenTensorHandle* out) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    using torch::aot_inductor::tensor_handle_to_tensor_pointer;
+    at::Tensor result = int4_blocked_mm(*tensor_handle_to_tensor_pointer(x), *tensor_handle_to_tensor_pointer(w),
+                                        *tensor_handle_to_tensor_pointer(sz), group);
+    *out = torch::aot_inductor::new_tensor_handle(std::move(result));
+  });
+}
 
 TORCH_LIBRARY_FRAGMENT(pibloom_kernels, m) { m.def("int4_blocked_mm(Tensor x, Tensor w, Tensor sz, int group) -> Tensor"); }
 
