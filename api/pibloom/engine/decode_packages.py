@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .llama_forward import LlamaForward
 
 FORMAT = 5  # bump when what is built changes in a way the fingerprint does not see
+BLOCKED = "blocked"  # built.json's "one": the one-row graph reads re-blocked weights (`int4_blocked`)
 _MAX_ROWS = 1 << 16  # prompt chunks run through the many-row graph, a token a row
 # Package options beside the graphs': the weights in a blob of their own, read once (inside the .so they
 # were held twice, 474 against 348 MB for two packages, measured).
@@ -165,9 +166,6 @@ def load(where: Path, forward: LlamaForward) -> Packages:
     except Exception as exc:  # a missing file, a runner that will not load: never a failed start
         raise PackageError(f"cannot load the packages in {where}: {type(exc).__name__}: {exc}") from exc
     return Packages(one, many)
-
-
-BLOCKED = "blocked"  # built.json's "one": the one-row graph reads re-blocked weights (`int4_blocked`)
 
 
 def _reblocked(many: Package, forward: LlamaForward) -> list[tuple[Any, torch.Tensor, torch.Tensor]] | None:
