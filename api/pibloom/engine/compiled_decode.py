@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu, graph_constants, toolchain
+from . import cpu, graph_constants, int4_blocked, toolchain
 from .kv_cache import SlotCache
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ class _Stack(nn.Module):
     def _project(self, x: torch.Tensor, name: str, index: int) -> torch.Tensor:
         weight, scales = getattr(self, f"{name}{index}"), getattr(self, f"{name}_scales{index}")
         if self.blocked:
-            out = torch.ops.pibloom_kernels.int4_blocked_mm(x, weight, scales, self.group)
+            out = int4_blocked.matmul(x, weight, scales, self.group)
         else:
             out = torch._weight_int4pack_mm_for_cpu(x, weight, self.group, scales)
         return out + getattr(self, f"{name}_bias{index}") if name in self.biased else out

@@ -159,7 +159,8 @@ def load(where: Path, forward: LlamaForward) -> Packages:
         many = Package(where / "many")
         if built.get("one") == BLOCKED:
             int4_blocked.load(_kernels(where))
-            _adopt(forward, many)
+            if not _adopt(forward, many):
+                raise PackageError("the many-row package does not hold every projection re-blocked")
         one = Package(where / "one", constants=_stack_buffers(forward))
     except PackageError:
         raise
@@ -170,43 +171,47 @@ def load(where: Path, forward: LlamaForward) -> Packages:
 
 def _reblocked(many: Package, forward: LlamaForward) -> list[tuple[Any, torch.Tensor, torch.Tensor]] | None:
     """For each of the lean pass's 4-bit projections, the many-row graph's re-blocked copy of its weights
-    (found by content: inductor names them by number) and its copy of the scales (by name); None unless
-    every projection has both."""
+    and its copy of the scales (by name); None unless every projection has both. Inductor names the
+    re-blocked weights by number, so each is found as the tensor of its shape through which piBLOOM's
+    kernel gives, on a random probe, what torch's kernel gives through the lean pass's own weights:
+    bit for bit, as the kernel computes torch's product exactly. (Re-blocking the lean pass's weights
+    to compare them byte for byte took 1.1 s of every start: torch's kernel over identity rows.)"""
     assert forward.int4_layers is not None
     stored = many.runner.extract_constants_map(False)  # the runner's own tensors, not copies
     names = many.runner.get_constant_names_to_original_fqns()
     by_name = {names.get(key, key): tensor for key, tensor in stored.items()}
-    by_content: dict[tuple[tuple[int, ...], bytes], torch.Tensor] = {}
+    by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
     for tensor in stored.values():
         if tensor.dtype == torch.uint8:
-            by_content[tuple(tensor.shape), _digest(tensor)] = tensor
+            by_shape.setdefault(tuple(tensor.shape), []).append(tensor)
+    generator = torch.Generator().manual_seed(0)
     found = []
     for index, layer in enumerate(forward.int4_layers):
         for name, linear in layer.items():
             assert linear is not None
-            if linear.blocked:
-                return None
-            blocked = int4_blocked.from_packed(linear.packed, linear.scales_zeros, linear.group)
-            weights = by_content.get((tuple(blocked.shape), _digest(blocked)))
             scales = by_name.get(f"{name}_scales{index}")
-            if weights is None or scales is None or not torch.equal(scales, linear.scales_zeros):
+            if linear.blocked or scales is None or not torch.equal(scales, linear.scales_zeros):
+                return None
+            probe = torch.randn(2, linear.in_features, generator=generator).to(scales.dtype)
+            want = torch._weight_int4pack_mm_for_cpu(probe, linear.packed, linear.group, scales)
+            candidates = by_shape.get(tuple(linear.packed.shape), [])
+            weights = next(
+                (c for c in candidates if torch.equal(int4_blocked.matmul(probe, c, scales, linear.group), want)), None
+            )
+            if weights is None:
                 return None
             found.append((linear, weights, scales))
     return found
 
 
-def _digest(tensor: torch.Tensor) -> bytes:
-    return hashlib.blake2b(tensor.contiguous().view(torch.uint8).numpy(), digest_size=16).digest()
-
-
-def _adopt(forward: LlamaForward, many: Package) -> None:
-    """The lean pass computes with the many-row graph's re-blocked weights and scales from now on; its
-    own copies go (63 and 13 MB for the embedded model)."""
+def _adopt(forward: LlamaForward, many: Package) -> bool:
+    """Where the many-row graph holds every projection re-blocked, the lean pass computes with those
+    weights and scales from now on and its own copies go (63 and 13 MB for the embedded model).
+    Whether it did: all projections or none."""
     found = _reblocked(many, forward)
-    if found is None:
-        raise PackageError("the many-row package does not hold every projection re-blocked")
-    for linear, weights, scales in found:
+    for linear, weights, scales in found or ():
         linear.adopt(weights, scales, many)
+    return found is not None
 
 
 def build_in_child(settings: Settings, where: Path, timeout: float = _BUILD_TIMEOUT) -> float:
@@ -303,13 +308,7 @@ def _one_row_layout(forward: LlamaForward, many: Path, kernels: Path) -> str:
     except Exception as exc:  # no kernel: torch's, as before
         print(f"piBLOOM's kernel for re-blocked weights did not build: {exc}", file=sys.stderr)
         return "packed"
-    package = Package(many)
-    found = _reblocked(package, forward)
-    if found is None:
-        return "packed"
-    for linear, weights, scales in found:
-        linear.adopt(weights, scales, package)
-    return BLOCKED
+    return BLOCKED if _adopt(forward, Package(many)) else "packed"
 
 
 def _main(argv: list[str]) -> int:

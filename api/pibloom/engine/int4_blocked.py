@@ -7,7 +7,7 @@ pass's own copy in torch's layout: the same weights twice, 63 MB each for the em
 their scales twice (13 MB). The AMX GEMM is no answer at one row (8.5 against 4.3 ms a step, measured:
 it unpacks every weight into tiles, whatever the rows). This kernel computes torch's int4 product
 from the re-blocked layout, bit for bit, and as fast at one row (110 against 108 us for a layer's four
-projections; a one-row step through the package, weights evicted from cache first, 6.5-6.6 against
+projections; a one-row step through the package, weights evicted from cache first, 6.0-6.2 against
 6.0-6.5 ms), so the lean pass and the one-row graph take the many-row graph's tensors and the lean
 pass's copy goes (`decode_packages.load`).
 """
@@ -27,7 +27,6 @@ from . import cpu, toolchain
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "kernels" / "int4_blocked.cpp"
-BLOCK = 32  # output columns per block: two per byte, column j and j + 16
 
 # The C function the one-row package calls for the operator (`kernels/int4_blocked.cpp`), declared to
 # inductor through `aot_inductor.custom_ops_to_c_shims`.
@@ -72,16 +71,3 @@ def matmul(x: torch.Tensor, blocked: torch.Tensor, scales_zeros: torch.Tensor, g
     """[M, K] bfloat16 rows times the re-blocked weights: [M, N], as `torch._weight_int4pack_mm_for_cpu`."""
     out: torch.Tensor = torch.ops.pibloom_kernels.int4_blocked_mm(x, blocked, scales_zeros, group)
     return out
-
-
-def from_packed(packed: torch.Tensor, scales_zeros: torch.Tensor, group: int) -> torch.Tensor:
-    """torch's packed int4 weight ([N, K/2] bytes in its own layout) re-blocked as inductor's AMX GEMM
-    does: the 4-bit levels read back through torch's own kernel (identity rows, scale 1 and zero 8 give
-    the levels themselves, exactly, whatever torch's layout is), then laid out [N/32, K, 16], column j
-    of a block in the low nibble and j + 16 in the high one."""
-    n, k = scales_zeros.shape[1], scales_zeros.shape[0] * group
-    identity = torch.eye(k, dtype=torch.bfloat16)
-    unit = torch.tensor([1.0, 8.0], dtype=torch.bfloat16).expand(k // group, n, 2).contiguous()
-    levels = torch._weight_int4pack_mm_for_cpu(identity, packed, group, unit).to(torch.uint8)  # [K, N]
-    blocks = levels.t().reshape(n // BLOCK, 2, BLOCK // 2, k).permute(0, 3, 1, 2)  # [N/32, K, 2, 16]
-    return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).contiguous().view(n, k // 2)

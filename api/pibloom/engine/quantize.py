@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import int4_blocked
+
 GROUP = 32  # as GGUF's Q4_0/Q4_1 blocks: a Q4_1 file's levels come back exactly
 
 
@@ -78,27 +80,30 @@ class Int4Linear(nn.Module):
         self.group = group
         self.out_features = scales_zeros.shape[1]
         self.in_features = scales_zeros.shape[0] * group
-        # `packed` laid out for inductor's AMX GEMM instead of torch's kernel (`int4_blocked`), once
-        # the lean pass has taken the many-row decode graph's weights (`adopt`).
-        self.blocked = False
+        # What holds `packed` and `scales_zeros` once they are another's (`adopt`); None: this layer.
+        self._owner: object | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int4Linear:
         levels, scales_zeros = quantize_int4(linear.weight)
         return cls(pack(levels), scales_zeros, linear.bias)
 
+    @property
+    def blocked(self) -> bool:
+        """Whether `packed` is laid out for inductor's AMX GEMM (`int4_blocked`) rather than torch's
+        kernel: so once the lean pass has taken the many-row decode graph's weights (`adopt`)."""
+        return self._owner is not None
+
     def adopt(self, blocked: torch.Tensor, scales_zeros: torch.Tensor, owner: object) -> None:
         """Compute from now on with these tensors: the same weights, re-blocked (`int4_blocked`), and
         the same scales, held by `owner` (the many-row decode graph, whose memory they are: kept alive
         as long as this layer); this layer's own copies go."""
-        self.packed, self.scales_zeros, self.blocked = blocked, scales_zeros, True
-        self._owner = owner
+        self.packed, self.scales_zeros, self._owner = blocked, scales_zeros, owner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         if self.blocked:
-            kernel = torch.ops.pibloom_kernels.int4_blocked_mm
-            out = kernel(flat, self.packed, self.scales_zeros, self.group)
+            out = int4_blocked.matmul(flat, self.packed, self.scales_zeros, self.group)
         else:
             out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, self.group, self.scales_zeros)
         if self.bias is not None:
