@@ -1,12 +1,13 @@
-"""Llama checkpoints read without transformers' model classes.
+"""Llama checkpoints read without transformers.
 
 Importing any transformers model class imports torch's compiler with it (`generation.utils` ->
 `masking_utils` -> `torch._dynamo` -> parts of inductor): ~90 MB of resident memory in every worker,
-for code the lean forward pass (`llama_forward`) never runs. Where that pass computes the model, the
-model is read here instead: its config.json into a plain `PretrainedConfig`, its safetensors into a
-module tree with the attribute names of transformers' `LlamaForCausalLM` (what `llama_forward`,
-`output_head` and `quantize` read), and its tokenizer through transformers' generic tokenizer class,
-which imports no model code. Anything this does not cover goes through transformers as before.
+for code the lean forward pass (`llama_forward`) never runs, and importing transformers at all costs
+another 33 MB and a second of every start. Where that pass computes the model, the model is read
+here instead: its config.json into a plain `Config`, its safetensors into a module tree with the
+attribute names of transformers' `LlamaForCausalLM` (what `llama_forward`, `output_head` and
+`quantize` read), and its tokenizer through `engine.tokenizer`. Anything this does not cover goes
+through transformers as before.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from . import tokenizer as tokenizer_module
 
 # What the module tree below computes exactly; `llama_forward.supports` then decides on the rest.
 _MODEL_TYPES = frozenset({"llama"})
@@ -89,6 +92,31 @@ def unreadable(folder: Path) -> str | None:
     if _read_json(tokenizer_config).get("tokenizer_class") not in _GENERIC_TOKENIZERS:
         return "a tokenizer class of its own"
     return None
+
+
+class Config:
+    """config.json's keys as attributes; a key it lacks is an AttributeError, as on transformers'
+    `PretrainedConfig` for keys no class default covers (`unreadable` sends those checkpoints there)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+class GenerationDefaults:
+    """generation_config.json: the server reads its end-of-sequence ids; the rest is kept as read."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = dict(values)
+        self.eos_token_id: int | list[int] | None = values.get("eos_token_id")
 
 
 class RotaryEmbedding(nn.Module):
@@ -191,20 +219,18 @@ class LlamaCheckpoint(nn.Module):
 def load(folder: Path, dtype: torch.dtype, device: torch.device) -> LlamaCheckpoint:
     """The checkpoint in `folder` (which `unreadable` passed), in `dtype` on `device`."""
     from safetensors import safe_open
-    from transformers.configuration_utils import PretrainedConfig
-    from transformers.generation.configuration_utils import GenerationConfig
 
     raw = _read_json(folder / "config.json")
-    config = PretrainedConfig(**raw)
+    config = Config(raw)
     theta = _rope_theta(raw)
     if theta is None:
         raise ValueError(f"{folder}: rotary embeddings other than the default kind")
     head_dim = int(raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"])
     rotary = RotaryEmbedding(head_dim, theta).to(device)
     if (folder / "generation_config.json").is_file():
-        generation = GenerationConfig.from_pretrained(folder)
+        generation = GenerationDefaults(_read_json(folder / "generation_config.json"))
     else:
-        generation = GenerationConfig(eos_token_id=getattr(config, "eos_token_id", None))
+        generation = GenerationDefaults({"eos_token_id": raw.get("eos_token_id")})
     # Built on the meta device, so no memory is spent on weights the checkpoint replaces.
     with torch.device("meta"):
         model = LlamaCheckpoint(config, generation, rotary)
@@ -228,7 +254,10 @@ def load(folder: Path, dtype: torch.dtype, device: torch.device) -> LlamaCheckpo
 
 
 def tokenizer(folder: Path) -> Any:
-    """The checkpoint's tokenizer through transformers' generic `tokenizers` class."""
+    """The checkpoint's tokenizer: piBLOOM's reading of it where that is transformers' generic class's
+    (`tokenizer.readable`), else that class itself."""
+    if tokenizer_module.readable(folder) is None:
+        return tokenizer_module.Tokenizer.load(folder)
     from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
     return TokenizersBackend.from_pretrained(str(folder))

@@ -12,13 +12,13 @@ dependencies (xgrammar pulls in torch and triton).
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 import llguidance
-import llguidance.hf
 import numpy as np
 import torch
 
@@ -65,12 +65,29 @@ class _Encoder:
         return ids
 
 
+def _tokenizer_json(tokenizer: Any) -> str:
+    """The tokenizer as tokenizer.json holds it, without padding or truncation: piBLOOM's own tokenizer
+    says so itself; a transformers tokenizer is read through its `tokenizers` backend, as llguidance's
+    helper for them does (which would import transformers)."""
+    if hasattr(tokenizer, "to_json"):
+        serialised: str = tokenizer.to_json()
+        return serialised
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError("grammars need a fast (`tokenizers`) tokenizer")
+    backend = copy.copy(backend)
+    backend.no_padding()
+    backend.no_truncation()
+    text: str = backend.to_str()
+    return text
+
+
 def _compact(tokenizer: Any, n_vocab: int) -> llguidance.LLTokenizer:
     """llguidance's tokenizer over the token bytes its own reading of the tokenizer's JSON yields, with
-    the Hugging Face tokenizer as its encoder. Built from the JSON alone it keeps a second copy of the
+    the server's tokenizer as its encoder. Built from the JSON alone it keeps a second copy of the
     whole tokenizer in Rust: 33 MB resident against 18 for this one (SmolLM2-135M, measured), with the
     same masks at every step and at the same speed (tested)."""
-    full = llguidance.hf.from_tokenizer(tokenizer, n_vocab=n_vocab)
+    full = llguidance.LLTokenizer(_tokenizer_json(tokenizer), n_vocab=n_vocab, eos_token=tokenizer.eos_token_id)
     encoder = _Encoder(tokenizer, full)
     return llguidance.LLTokenizer(llguidance.TokenizerWrapper(encoder), n_vocab=n_vocab, eos_token=full.eos_tokens)
 

@@ -33,7 +33,10 @@ class TransformersForward:
     name = "transformers'"
 
     def __init__(self, model: Any) -> None:
+        from .transformers_cache import as_transformers_cache  # transformers: only on this path
+
         self.model = model
+        self.as_cache = as_transformers_cache
         self.accepts_position_ids = "position_ids" in inspect.signature(model.forward).parameters
 
     def __call__(
@@ -45,7 +48,7 @@ class TransformersForward:
         keep: int = 1,
         argmax_only: bool = False,  # transformers' forward computes the output layer exactly anyway
     ) -> torch.Tensor:
-        kwargs: dict[str, Any] = {"attention_mask": mask, "past_key_values": cache, "use_cache": True}
+        kwargs: dict[str, Any] = {"attention_mask": mask, "past_key_values": self.as_cache(cache), "use_cache": True}
         if self.accepts_position_ids:
             kwargs["position_ids"] = positions
         # Skipping the vocabulary projection for positions nobody reads saves most of a prefill's work.

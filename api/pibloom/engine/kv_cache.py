@@ -1,4 +1,4 @@
-"""Preallocated, slot-based KV caches for continuous batching over Hugging Face models.
+"""Preallocated, slot-based KV caches for continuous batching.
 
 A `SlotCache` is one *lane*: its rows share one column index (left-padded, the padding masked), so
 the model sees an ordinary cache of `length` columns and builds its masks and positions as usual.
@@ -9,6 +9,10 @@ and leave by moving the lane's last row into their place, so a lane stays dense.
 
 Rows of very different lengths go to different lanes (`LaneGroup` decodes several in one step), so
 one long conversation neither pads every short one to its length nor makes them attend over it.
+
+These classes have the shape of transformers' caches (`layers`, each with `keys` and `values`;
+`update(keys, values, layer)`; `get_seq_length()`) without importing transformers: the lean pass
+calls nothing else, and transformers' forward is handed them through `transformers_cache`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
 
 MIN_COLUMNS = 64
 ROW_STEP = 2
@@ -57,9 +60,62 @@ class _State:
         self.length = 0
 
 
-class SlotLayer(DynamicLayer):
+class GrowingLayer:
+    """One layer of a `GrowingCache`: keys and values [rows, heads, columns, dim], concatenated."""
+
+    def __init__(self) -> None:
+        self.keys: Any = None
+        self.values: Any = None
+        self.is_initialized = False
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.keys, self.values, self.is_initialized = key_states, value_states, True
+        else:
+            self.keys = torch.cat((self.keys, key_states), dim=-2)
+            self.values = torch.cat((self.values, value_states), dim=-2)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return 0 if not self.is_initialized else int(self.keys.shape[-2])
+
+
+class _Layers:
+    """What the forward passes call on a cache of layers."""
+
+    layers: list[Any]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        result: tuple[torch.Tensor, torch.Tensor] = self.layers[layer_idx].update(key_states, value_states)
+        return result
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        if layer_idx >= len(self.layers):
+            return 0
+        length: int = self.layers[layer_idx].get_seq_length()
+        return length
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+class GrowingCache(_Layers):
+    """A cache that grows by concatenation, as transformers' `DynamicCache` does: the cache of one
+    prefill (its keys and values then move into a lane, `SlotCache.insert`)."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.layers = [GrowingLayer() for _ in range(num_layers)]
+
+
+class SlotLayer:
     def __init__(self, state: _State, max_rows: int) -> None:
-        super().__init__()
+        self.keys: Any = None
+        self.values: Any = None
+        self.is_initialized = False
         self.state = state
         self.max_rows = max_rows
         self.capacity = 0
@@ -146,12 +202,12 @@ class SlotLayer(DynamicLayer):
         return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
 
 
-class SlotCache(Cache):
+class SlotCache(_Layers):
     """One lane of the batch cache. The engine calls `advance` after every forward pass over it."""
 
     def __init__(self, num_layers: int, max_rows: int) -> None:
         self.state = _State()
-        super().__init__(layers=[SlotLayer(self.state, max_rows) for _ in range(num_layers)])
+        self.layers = [SlotLayer(self.state, max_rows) for _ in range(num_layers)]
 
     @property
     def length(self) -> int:
@@ -185,7 +241,7 @@ class SlotCache(Cache):
         """Rows the buffers hold room for (spare ones included)."""
         return self.layers[0].row_capacity
 
-    def insert(self, row: int, prefill: Cache, src_row: int, size: int, rows: int = 0) -> None:
+    def insert(self, row: int, prefill: Any, src_row: int, size: int, rows: int = 0) -> None:
         """Copy the last `size` columns of `src_row` of a prefill cache into `row`, right-aligned at
         the current length (the caller shifts the lane first when the prompt is longer). `rows`: how
         many rows the lane is about to hold (more are joining), so the buffers grow once for them all."""

@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from ..metrics import Metrics
 from .detokenizer import IncrementalDecoder, StopMatcher
-from .kv_cache import LaneGroup, LaneStep, SlotCache, allocation_bound, longest_row
+from .kv_cache import GrowingCache, LaneGroup, LaneStep, SlotCache, allocation_bound, longest_row
 from .loader import LoadedModel
 from .logits import RowShaper, accept_rows, needs_shaper, shape_rows
 from .memory import kv_bytes_per_token, return_freed
@@ -504,8 +503,8 @@ class Engine:
         self._prefilling.remove(seq)
         self.metrics.prompt_tokens.inc(len(seq.request.prompt_ids))
 
-    def _seeded_cache(self, hit: PrefixHit) -> DynamicCache:
-        cache = DynamicCache(config=self.model.config)
+    def _seeded_cache(self, hit: PrefixHit) -> GrowingCache:
+        cache = GrowingCache(self._num_layers())
         n = hit.length
         for layer, (keys, values) in enumerate(zip(hit.entry.keys, hit.entry.values, strict=True)):
             cache.update(keys[None, :, :n], values[None, :, :n], layer)
@@ -524,7 +523,7 @@ class Engine:
         device = self.loaded.device
         prompt = seq.request.prompt_ids
         if seq.prefill_cache is None:
-            seq.prefill_cache = DynamicCache(config=self.model.config)
+            seq.prefill_cache = GrowingCache(self._num_layers())
         start = seq.prefilled
         chunk = prompt[start : start + budget]
         end = start + len(chunk)
@@ -559,7 +558,7 @@ class Engine:
         lengths = torch.tensor([len(s.request.prompt_ids) for s in group], device=device)
         mask = (torch.arange(width, device=device).unsqueeze(0) >= (width - lengths).unsqueeze(1)).long()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        cache = GrowingCache(self._num_layers())
         logits = self.loaded.forward(ids, mask, positions, cache)
         for i, seq in enumerate(group):
             self._prefill_done(seq)

@@ -59,7 +59,7 @@ def transformers_twin(model: torch.nn.Module) -> torch.nn.Module:
     Built at each call, so it sees what the engine has done to the modules since."""
     if not isinstance(model, LlamaCheckpoint):
         return model
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     config = LlamaConfig(**model.config.to_dict())
@@ -76,7 +76,7 @@ def transformers_twin(model: torch.nn.Module) -> torch.nn.Module:
         layer.input_layernorm.weight = own.input_layernorm.weight
         layer.post_attention_layernorm.weight = own.post_attention_layernorm.weight
     twin.lm_head = model.lm_head
-    twin.generation_config = model.generation_config
+    twin.generation_config = GenerationConfig(**model.generation_config.values)
     return twin.eval()
 
 

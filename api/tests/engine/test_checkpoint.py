@@ -120,7 +120,7 @@ def test_missing_weights_fail_clearly(tiny_llama_settings: Settings, tmp_path: P
         checkpoint.load(folder, torch.float32, torch.device("cpu"))
 
 
-HEAVY = ("torch._dynamo", "torch._inductor", "transformers.modeling_utils", "transformers.generation.utils")
+HEAVY = ("torch._dynamo", "torch._inductor", "transformers")
 
 
 def heavy_imports_of_a_load(settings: Settings) -> tuple[bool, list[str]]:

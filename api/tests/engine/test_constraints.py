@@ -9,9 +9,11 @@ import llguidance
 import llguidance.hf
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
 
 from pibloom.engine.constraints import grammar_tokenizer
 from pibloom.engine.loader import LoadedModel
+from pibloom.settings import Settings
 
 GRAMMARS = {
     "object": llguidance.LLMatcher.grammar_from_json_schema(
@@ -35,12 +37,14 @@ def mask(matcher: llguidance.LLMatcher) -> np.ndarray:
 
 @pytest.mark.parametrize("name", list(GRAMMARS))
 def test_the_compact_tokenizer_gives_the_masks_llguidance_builds_from_the_json(
-    tiny_llama: LoadedModel, name: str
+    tiny_llama: LoadedModel, tiny_llama_settings: Settings, name: str
 ) -> None:
+    """Against llguidance's own reading of transformers' tokenizer for the same folder."""
     tokenizer = tiny_llama.tokenizer
     width = int(tiny_llama.model.config.vocab_size)
     compact = grammar_tokenizer(tokenizer, width)
-    full = llguidance.hf.from_tokenizer(tokenizer, n_vocab=max(len(tokenizer), width))
+    reference = AutoTokenizer.from_pretrained(tiny_llama_settings.model)
+    full = llguidance.hf.from_tokenizer(reference, n_vocab=max(len(reference), width))
     assert compact.vocab_size == full.vocab_size and compact.eos_tokens == full.eos_tokens
     specials = [i for i in range(full.vocab_size) if full.is_special_token(i)]
     assert specials and specials == [i for i in range(compact.vocab_size) if compact.is_special_token(i)]

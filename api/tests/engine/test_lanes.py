@@ -7,9 +7,8 @@ import asyncio
 
 import pytest
 import torch
-from transformers import DynamicCache
 
-from pibloom.engine.kv_cache import SlotCache, SlotLayer
+from pibloom.engine.kv_cache import GrowingCache, SlotCache, SlotLayer
 from pibloom.engine.loader import LoadedModel
 from pibloom.engine.scheduler import Engine
 
@@ -18,8 +17,8 @@ from generation import greedy, ids, reference, run
 LONG = " ".join(["Raspberry Pi clusters run microk8s with ARM64 nodes."] * 40)
 
 
-def prefill_cache(layers: int, rows: int, tokens: int) -> DynamicCache:
-    cache = DynamicCache()
+def prefill_cache(layers: int, rows: int, tokens: int) -> GrowingCache:
+    cache = GrowingCache(layers)
     for layer in range(layers):
         cache.update(torch.randn(rows, 2, tokens, 8), torch.randn(rows, 2, tokens, 8), layer)
     return cache

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import DynamicCache
 
+from pibloom.engine.kv_cache import GrowingCache
 from pibloom.engine.loader import LoadedModel
 from pibloom.engine.prefix_cache import PrefixCache, common_prefix
 from pibloom.engine.request import SamplingParams
@@ -137,7 +137,7 @@ async def test_a_prompt_cached_but_for_its_last_token_joins_the_batch_without_a_
 
     def recording(*args: Any, **kwargs: Any) -> torch.Tensor:
         ids_in, cache = args[0], args[3]
-        if isinstance(cache, DynamicCache):
+        if isinstance(cache, GrowingCache):
             passes.append(tuple(ids_in.shape))  # type: ignore[arg-type]
         return exact_forward(*args, **kwargs)  # type: ignore[no-any-return]
 
