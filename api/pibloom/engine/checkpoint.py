@@ -256,8 +256,10 @@ def load(folder: Path, dtype: torch.dtype, device: torch.device) -> LlamaCheckpo
 def tokenizer(folder: Path) -> Any:
     """The checkpoint's tokenizer: piBLOOM's reading of it where that is transformers' generic class's
     (`tokenizer.readable`), else that class itself."""
-    if tokenizer_module.readable(folder) is None:
+    try:
         return tokenizer_module.Tokenizer.load(folder)
+    except tokenizer_module.NotReadable:
+        pass
     from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
     return TokenizersBackend.from_pretrained(str(folder))

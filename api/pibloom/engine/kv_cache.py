@@ -72,7 +72,11 @@ class GrowingLayer:
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
-            self.keys, self.values, self.is_initialized = key_states, value_states, True
+            # A copy, as transformers' concatenation onto an empty tensor makes: the states may be views
+            # of a larger buffer (the fused projection's output) that the cache must not keep alive.
+            keys = key_states.clone(memory_format=torch.contiguous_format)
+            values = value_states.clone(memory_format=torch.contiguous_format)
+            self.keys, self.values, self.is_initialized = keys, values, True
         else:
             self.keys = torch.cat((self.keys, key_states), dim=-2)
             self.values = torch.cat((self.values, value_states), dim=-2)

@@ -54,10 +54,11 @@ def _content(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def readable(folder: Path) -> str | None:
-    """None when `Tokenizer.load` reads `folder` as transformers would; otherwise why not."""
-    config = _read_json(folder / "tokenizer_config.json")
-    backend = Backend.from_file(str(folder / "tokenizer.json"))
+class NotReadable(ValueError):
+    """The folder's tokenizer is one `Tokenizer` would not read as transformers does (the reason)."""
+
+
+def _unreadable(backend: Backend, config: dict[str, Any]) -> str | None:
     for index, token in (config.get("added_tokens_decoder") or {}).items():
         if backend.token_to_id(_content(token) or "") != int(index):
             return "tokens added in tokenizer_config.json"
@@ -65,6 +66,15 @@ def readable(folder: Path) -> str | None:
         return "extra special tokens"
     if config.get("add_bos_token") or config.get("add_eos_token"):
         return "BOS or EOS added by tokenizer_config.json's flags"
+    return None
+
+
+def readable(folder: Path) -> str | None:
+    """None when `Tokenizer.load` reads `folder` as transformers would; otherwise why not."""
+    try:
+        Tokenizer.load(folder)
+    except NotReadable as exc:
+        return str(exc)
     return None
 
 
@@ -136,8 +146,12 @@ class Tokenizer:
 
     @classmethod
     def load(cls, folder: Path) -> Tokenizer:
+        """The tokenizer in `folder`; `NotReadable` where transformers would read it otherwise."""
         config = _read_json(folder / "tokenizer_config.json")
         backend = Backend.from_file(str(folder / "tokenizer.json"))
+        reason = _unreadable(backend, config)
+        if reason is not None:
+            raise NotReadable(reason)
         return cls(backend, config, _chat_template(folder, config))
 
     def _id(self, key: str) -> int | None:

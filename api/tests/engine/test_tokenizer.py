@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jinja2 import TemplateError
 from transformers import AutoTokenizer
 
 from pibloom.engine import checkpoint
@@ -81,7 +82,7 @@ def test_a_chat_template_in_the_config_renders_as_transformers_renders_it(
 ) -> None:
     folder = variant(tiny_llama_settings, tmp_path / "template", chat_template=TEMPLATE)
     assert_same(folder)
-    with pytest.raises(Exception, match="assistant first"):
+    with pytest.raises(TemplateError, match="assistant first"):
         Tokenizer.load(folder).apply_chat_template([{"role": "assistant", "content": "x"}])
 
 
