@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
 from pibloom.engine.forward import TransformersForward
-from pibloom.engine.kv_cache import SlotCache
+from pibloom.engine.kv_cache import GrowingCache, SlotCache
 from pibloom.engine.llama_forward import (
     LlamaForward,
     _ByTokens,
@@ -73,13 +73,15 @@ def test_prefill_and_decode_match_transformers(tiny_llama: LoadedModel, lengths:
     assert not got.isnan().any()
 
 
-def test_chunked_prefill_on_a_dynamic_cache_matches_one_pass(tiny_llama: LoadedModel) -> None:
+@pytest.mark.parametrize("kind", ["transformers", "piBLOOM"])
+def test_chunked_prefill_on_a_growing_cache_matches_one_pass(tiny_llama: LoadedModel, kind: str) -> None:
+    """On transformers' `DynamicCache` and on the engine's own `GrowingCache` (what prefills use)."""
     model, lean = transformers_twin(tiny_llama.model), tiny_llama.forward
     assert isinstance(lean, LlamaForward)
     ids = torch.randint(3, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
     expected = reference_logits(model, ids, mask)
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config) if kind == "transformers" else GrowingCache(len(lean.layers))
     chunks = []
     with torch.inference_mode():
         for start in range(0, 40, 16):
@@ -94,8 +96,8 @@ def test_keep_returns_only_the_last_positions(tiny_llama: LoadedModel) -> None:
     assert isinstance(lean, LlamaForward)
     ids, mask = padded_batch(tiny_llama.model.config.vocab_size, [6, 4])
     with torch.inference_mode():
-        full = lean(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), DynamicCache(config=tiny_llama.model.config), 0)
-        last = lean(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), DynamicCache(config=tiny_llama.model.config), 1)
+        full = lean(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), GrowingCache(len(lean.layers)), 0)
+        last = lean(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), GrowingCache(len(lean.layers)), 1)
     assert full.shape[:2] == (2, 6) and last.shape[:2] == (2, 1)
     assert torch.allclose(last[:, 0], full[:, -1], atol=1e-5)
 

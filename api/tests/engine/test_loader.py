@@ -158,7 +158,7 @@ def test_embedded_default_needs_only_the_package_index() -> None:
     prompt = loaded.tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=False
     )
-    ids = loaded.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = torch.tensor([loaded.tokenizer.encode(prompt, add_special_tokens=False)])
     with torch.inference_mode():
         out = transformers_twin(loaded.model).generate(ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in loaded.tokenizer.decode(out[0, ids.shape[1] :])
