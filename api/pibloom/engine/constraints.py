@@ -16,11 +16,13 @@ import copy
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import llguidance
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import llguidance
 
 _lock = threading.Lock()
 _tokenizers: dict[int, tuple[Any, llguidance.LLTokenizer]] = {}
@@ -87,6 +89,8 @@ def _compact(tokenizer: Any, n_vocab: int) -> llguidance.LLTokenizer:
     the server's tokenizer as its encoder. Built from the JSON alone it keeps a second copy of the
     whole tokenizer in Rust: 33 MB resident against 18 for this one (SmolLM2-135M, measured), with the
     same masks at every step and at the same speed (tested)."""
+    import llguidance  # at the first structured-output request: a server that never gets one never loads it
+
     full = llguidance.LLTokenizer(_tokenizer_json(tokenizer), n_vocab=n_vocab, eos_token=tokenizer.eos_token_id)
     encoder = _Encoder(tokenizer, full)
     return llguidance.LLTokenizer(llguidance.TokenizerWrapper(encoder), n_vocab=n_vocab, eos_token=full.eos_tokens)
@@ -94,6 +98,8 @@ def _compact(tokenizer: Any, n_vocab: int) -> llguidance.LLTokenizer:
 
 def grammar_error(grammar: str, tokenizer: Any, vocab_size: int | None = None) -> str | None:
     """Why `grammar` cannot be enforced with this tokenizer, or None when it can."""
+    import llguidance
+
     matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer, vocab_size), grammar, log_level=0)
     return matcher.get_error() if matcher.is_error() else None
 
@@ -103,6 +109,8 @@ class GrammarState:
     the batch's other constrained rows, which tokens may come next."""
 
     def __init__(self, grammar: str, tokenizer: Any, vocab_size: int) -> None:
+        import llguidance
+
         self.matcher = llguidance.LLMatcher(grammar_tokenizer(tokenizer, vocab_size), grammar, log_level=0)
         if self.matcher.is_error():
             raise ValueError(self.matcher.get_error())
@@ -119,6 +127,8 @@ def _shared_executor() -> llguidance.LLExecutor:
     with _lock:
         if _executor is None:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            import llguidance
+
             _executor = llguidance.LLExecutor(num_threads=cores or 1)
         return _executor
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import jsonschema
-import llguidance
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..engine.constraints import grammar_error
 from .errors import bad_request
+
+if TYPE_CHECKING:
+    import llguidance
 
 # The largest schema accepted (its JSON text): larger ones are refused before any work is done.
 MAX_SCHEMA_BYTES = 32_768
@@ -43,6 +43,8 @@ def check_schema(schema: Any, *, param: str) -> dict[str, Any]:
             param=param,
             code="schema_too_large",
         )
+    import jsonschema  # at the first schema: a server that never gets one never loads it (4 MB, measured)
+
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
@@ -57,6 +59,8 @@ def check_schema(schema: Any, *, param: str) -> dict[str, Any]:
 
 def schema_grammar(schema: dict[str, Any], tokenizer: Any, vocab_size: int, *, param: str) -> str:
     """The llguidance grammar for `schema`; a keyword it cannot enforce is a 400 naming it."""
+    import llguidance
+
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
     except ValueError as exc:

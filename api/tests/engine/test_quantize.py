@@ -3,6 +3,7 @@ output stays equal to transformers' `generate` on the same quantised model."""
 
 from __future__ import annotations
 
+import json
 import platform
 from dataclasses import replace
 from pathlib import Path
@@ -203,3 +204,18 @@ def test_float32_4_bit_copies_of_a_4_bit_grid_are_exact_to_float32_rounding() ->
     assert torch.allclose(four_bit(x), x @ weight.T, rtol=1e-5, atol=1e-5)
     in_bf16 = Int4Linear.from_linear(linear(weight).to(torch.bfloat16))
     assert not torch.allclose(in_bf16(x.bfloat16()).float(), x @ weight.T, rtol=1e-5, atol=1e-5)
+
+
+def test_whether_a_gguf_is_4_bit_is_read_once_and_kept_in_its_converted_folder(tmp_path: Path) -> None:
+    """A server start reads the answer from the cache, not the GGUF (whose reader costs every worker
+    memory): with the GGUF gone, the kept answer still stands."""
+    write_gguf(tmp_path / "q4_1.gguf", GGMLQuantizationType.Q4_1)
+    gguf = ModelSource("gguf", str(tmp_path), "q4_1.gguf", "q4_1")
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    assert loader.four_bit_source(gguf, converted)
+    assert json.loads((converted / loader.FOUR_BIT_MEMO).read_text()) == {"four_bit": True}
+    (tmp_path / "q4_1.gguf").unlink()
+    assert loader.four_bit_source(gguf, converted)
+    with pytest.raises(FileNotFoundError):
+        loader.four_bit_source(gguf, None)  # nowhere to keep it: read every time
