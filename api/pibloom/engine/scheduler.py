@@ -261,6 +261,12 @@ class Engine:
         with self._cond:
             self.accepting = False
 
+    def side_work_ended(self) -> None:
+        """Work this process did beside the engine (a grammar's vocabulary built) has ended: the thread
+        governor, which shrank the team for it, tries the whole team again at once (`neighbour_left`)."""
+        if self.threads is not None:
+            self.threads.neighbour_left()
+
     def shutdown(self, timeout: float | None = None) -> None:
         with self._cond:
             self.accepting = False

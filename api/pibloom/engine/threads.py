@@ -12,6 +12,11 @@ the thread's CPU time is compared with the wall time it took; when others keep i
 `busy` of the window), the team loses a thread. With fewer threads than cores, a probe puts one back
 after `probe_s` of work: kept when the thread then gets its core, undone otherwise, and the next probe
 waits twice as long (up to `max_probe_s`), so a lasting neighbour costs a short window now and then.
+
+Some neighbours are the process's own: the first structured-output request builds llguidance's view
+of the vocabulary on another thread (most of a core for about a second). The team shrinks for it as
+for any neighbour, and `neighbour_left` then probes at once instead of after `probe_s`: waiting cost
+the first batch with a constrained row 0.64x of its speed (5.0 against 3.2 s, measured).
 """
 
 from __future__ import annotations
@@ -50,7 +55,13 @@ class ThreadGovernor:
         self._wait = probe_s  # engine work before the next probe
         self._since_change = 0.0
         self._probing = False
+        self._probe_now = False  # set from another thread by `neighbour_left`
         self._wall = self._cpu = 0.0
+
+    def neighbour_left(self) -> None:
+        """Work beside the engine that the process knows of has ended: the next window probes, with a
+        failed probe's wait back at `probe_s`."""
+        self._probe_now = True
 
     def record(self, wall_s: float, cpu_s: float) -> None:
         """One iteration of engine work: its wall time and the inference thread's CPU time in it."""
@@ -68,7 +79,9 @@ class ThreadGovernor:
         elif self._probing:  # the probe held: the next one comes at the base interval
             self._wait = self.probe_s
             self._probing = False
-        elif self.threads < self.most and self._since_change >= self._wait:
+        elif self.threads < self.most and (self._since_change >= self._wait or self._probe_now):
+            if self._probe_now:
+                self._probe_now, self._wait = False, self.probe_s
             self._probing = True
             self._change(self.threads + 1, share)
 

@@ -58,9 +58,10 @@ class Service:
         request (0.4 s) and then kept, so the checks in `chat` and `completion` find it."""
         if sampling.output is None and (tools is None or not tools.constrained):
             return
-        loaded, _ = self.host.require()
+        loaded, engine = self.host.require()
         if not prepare.grammar_ready(loaded):
             await asyncio.to_thread(prepare.warm_grammar, loaded)
+            engine.side_work_ended()
 
     def chat(
         self,

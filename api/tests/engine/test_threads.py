@@ -75,3 +75,18 @@ def test_a_probe_that_holds_keeps_the_thread_and_the_team_grows_back() -> None:
 def test_the_team_must_have_a_thread() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ThreadGovernor(0, Team())
+
+
+def test_a_neighbour_the_process_knows_has_left_brings_the_next_probe_forward() -> None:
+    """The server's own side work (a grammar vocabulary built) shrinks the team like any neighbour; once
+    it has ended, the next window probes instead of waiting `probe_s`, and the probe holds."""
+    team = Team()
+    governor = ThreadGovernor(2, team, window_s=0.5, probe_s=5.0)
+    work(governor, 0.5, 0.5)
+    work(governor, 1.0, 1.0)  # alone on one core now; without word, the probe waits 5 s of work
+    assert team.calls == [1]
+    governor.neighbour_left()
+    work(governor, 0.5, 1.0)
+    assert team.calls == [1, 2]
+    work(governor, 10, 0.95)
+    assert team.calls == [1, 2] and governor.threads == 2
