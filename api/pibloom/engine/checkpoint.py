@@ -255,7 +255,7 @@ def load(folder: Path, dtype: torch.dtype, device: torch.device) -> LlamaCheckpo
 
 def tokenizer(folder: Path) -> Any:
     """The checkpoint's tokenizer: piBLOOM's reading of it where that is transformers' generic class's
-    (`tokenizer.readable`), else that class itself."""
+    (`tokenizer.NotReadable`), else that class itself."""
     try:
         return tokenizer_module.Tokenizer.load(folder)
     except tokenizer_module.NotReadable:

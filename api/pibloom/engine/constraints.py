@@ -68,12 +68,9 @@ class _Encoder:
 
 
 def _tokenizer_json(tokenizer: Any) -> str:
-    """The tokenizer as tokenizer.json holds it, without padding or truncation: piBLOOM's own tokenizer
-    says so itself; a transformers tokenizer is read through its `tokenizers` backend, as llguidance's
-    helper for them does (which would import transformers)."""
-    if hasattr(tokenizer, "to_json"):
-        serialised: str = tokenizer.to_json()
-        return serialised
+    """The tokenizer as tokenizer.json holds it, without padding or truncation, from its `tokenizers`
+    backend (piBLOOM's tokenizer and transformers' fast ones both name it `backend_tokenizer`), as
+    llguidance's helper for transformers' does (which would import transformers)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise ValueError("grammars need a fast (`tokenizers`) tokenizer")

@@ -257,16 +257,22 @@ def _compile(program: Any, target: Path, options: dict[str, Any]) -> None:
     archive.unlink()
 
 
+def _exportable_stack(forward: LlamaForward) -> compiled_decode._Stack:
+    """The decoder stack over copies of the lean pass's tensors: unlifting an export refuses buffers that
+    alias the module's own tensors, and the child's copies can go."""
+    stack = compiled_decode._Stack(forward).eval()
+    for name, buffer in list(stack._buffers.items()):
+        assert buffer is not None
+        stack._buffers[name] = buffer.clone()
+    return stack
+
+
 def build(forward: LlamaForward, where: Path) -> None:
     """Export and compile the two graphs into `where` (run by `build_in_child`'s child)."""
     import torch._inductor  # the compiler: imported here, in the child, never by a server running packages
 
     compiled_decode._attention_operator()
-    stack = compiled_decode._Stack(forward).eval()
-    # Unlifting an export refuses buffers that alias the module's own tensors; the child's copies can go.
-    for name, buffer in list(stack._buffers.items()):
-        assert buffer is not None
-        stack._buffers[name] = buffer.clone()
+    stack = _exportable_stack(forward)
     scratch = where.with_name(where.name + f".part{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -279,11 +285,8 @@ def build(forward: LlamaForward, where: Path) -> None:
         # One row reads the lean pass's weights as they are (no copy of its own): the many-row graph's
         # re-blocked ones where it has them and piBLOOM's kernel for them builds, else torch's layout.
         layout = _one_row_layout(forward, scratch / "many", _kernels(where))
-        if layout == BLOCKED:
-            stack = compiled_decode._Stack(forward).eval()
-            for name, buffer in list(stack._buffers.items()):
-                assert buffer is not None
-                stack._buffers[name] = buffer.clone()
+        if layout == BLOCKED:  # over the weights the lean pass has just taken
+            stack = _exportable_stack(forward)
         one_options: dict[str, Any] = {**_PACKAGE_OPTIONS, "max_autotune_gemm_backends": "ATEN"}
         if layout == BLOCKED:  # piBLOOM's kernel called as a C function, not through the proxy executor
             shims = {torch.ops.pibloom_kernels.int4_blocked_mm.default: [int4_blocked.C_SHIM]}

@@ -252,7 +252,7 @@ def load_model(settings: Settings) -> LoadedModel:
             source.name,
             settings,
             int4=wants_int4(settings, device),
-            int4_rows=small_steps_int4(settings, source, device, dtype, Path(location) if source.gguf_file else None),
+            int4_rows=small_steps_int4(settings, source, device, dtype, Path(location)),
         )
     log.info("loading %s through transformers (%s)", source.name, why_not)
     return _load_with_transformers(settings, source, location, device, dtype)
@@ -279,7 +279,7 @@ def _load_with_transformers(
         raise ModelLoadError(f"cannot load model {source.location!r}: {exc}{hint}") from exc
     model.to(device)
     model.eval()
-    int4_rows = small_steps_int4(settings, source, device, dtype, Path(location) if source.gguf_file else None)
+    int4_rows = small_steps_int4(settings, source, device, dtype, Path(location))
     return finish_loading(
         model, tokenizer, source.name, settings, int4=wants_int4(settings, device), int4_rows=int4_rows
     )
@@ -305,9 +305,10 @@ def small_steps_int4(
     settings: Settings, source: ModelSource, device: torch.device, dtype: torch.dtype, converted: Path | None = None
 ) -> int:
     """`PIBLOOM_QUANTIZE=auto`: the largest step (in tokens) that runs on 4-bit copies of the weights,
-    0 for none. Only where that is as faithful as the dense path: weights that were 4-bit in their GGUF
-    (re-quantising recovers their levels exactly), served in bfloat16 (itself a rounding of them) or in
-    float32 (exact), on a CPU whose kernel is vectorised for that dtype (`quantize.vectorised`)."""
+    0 for none (`converted`: the GGUF's converted folder, where the answer is kept). Only where that is
+    as faithful as the dense path: weights that were 4-bit in their GGUF (re-quantising recovers their
+    levels exactly), served in bfloat16 (itself a rounding of them) or in float32 (exact), on a CPU
+    whose kernel is vectorised for that dtype (`quantize.vectorised`)."""
     if settings.quantize != "auto" or dtype not in INT4_ROWS or not quantize.vectorised(device, dtype):
         return 0
     if source.gguf_file is None or not four_bit_source(source, converted):

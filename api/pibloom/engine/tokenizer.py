@@ -2,14 +2,14 @@
 with jinja2, as transformers' generic tokenizer class (`TokenizersBackend`) reads and renders them.
 
 Importing transformers costs a served worker 33 MB of resident memory and a second of every start
-(measured), though for a checkpoint that `checkpoint` reads it serves nothing but this. `readable`
-says which tokenizer folders this class reproduces exactly; any other goes through transformers.
+(measured), though for a checkpoint that `checkpoint` reads it serves nothing but this.
+`Tokenizer.load` raises `NotReadable` for the folders this class does not reproduce exactly; those go
+through transformers.
 The tests hold both to the same ids, texts and rendered conversations.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -66,15 +66,6 @@ def _unreadable(backend: Backend, config: dict[str, Any]) -> str | None:
         return "extra special tokens"
     if config.get("add_bos_token") or config.get("add_eos_token"):
         return "BOS or EOS added by tokenizer_config.json's flags"
-    return None
-
-
-def readable(folder: Path) -> str | None:
-    """None when `Tokenizer.load` reads `folder` as transformers would; otherwise why not."""
-    try:
-        Tokenizer.load(folder)
-    except NotReadable as exc:
-        return str(exc)
     return None
 
 
@@ -204,14 +195,6 @@ class Tokenizer:
             for before, after in _CLEAN_UP:
                 text = text.replace(before, after)
         return text
-
-    def to_json(self) -> str:
-        """The tokenizer as tokenizer.json holds it, without padding or truncation (for llguidance)."""
-        backend = copy.copy(self.backend_tokenizer)
-        backend.no_padding()
-        backend.no_truncation()
-        serialised: str = backend.to_str()
-        return serialised
 
     def apply_chat_template(
         self,
