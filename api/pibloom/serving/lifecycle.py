@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 
 from ..engine.loader import LoadedModel, load_model
-from ..engine.memory import container_memory_limit, kv_budget, resident_bytes
+from ..engine.memory import container_memory_limit, kv_budget, release_code_pages, resident_bytes
 from ..engine.scheduler import Engine
 from ..engine.threads import ThreadGovernor, governed
 from ..metrics import Metrics
@@ -30,6 +30,14 @@ class Serving(NamedTuple):
 
     loaded: LoadedModel
     engine: Engine
+
+
+def _release_code_pages() -> None:
+    """After the load, whose imports ran code that serving never runs again (`memory.release_code_pages`).
+    Not before the KV budget is set: it must count the code that requests will read back."""
+    before = resident_bytes()
+    if release_code_pages():
+        log.info("start-up code handed back to the kernel: resident %d -> %d MB", before >> 20, resident_bytes() >> 20)
 
 
 class ModelHost:
@@ -62,6 +70,8 @@ class ModelHost:
             except Exception as exc:
                 loop.call_soon_threadsafe(handed.set_exception, exc)
                 return
+            if self.settings.release_code_pages:
+                _release_code_pages()
             engine.run(started=lambda: loop.call_soon_threadsafe(handed.set_result, engine))
 
         threading.Thread(target=load_and_serve, name="pibloom-engine", daemon=True).start()
