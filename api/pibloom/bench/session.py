@@ -271,25 +271,30 @@ def run_bench(config: BenchConfig, settings: Settings, echo: Echo = print) -> Be
             llama = ensure_llama_server(settings.cache_dir, build=config.build_llama, echo=echo)
         except LlamaBuildError as exc:
             llama = str(exc)
+    openvino_chat: ChatFigures | None = None  # its runner measures the chat cases with its levels
     for peer in config.peers:
         if peer == LLAMA:
             info, levels = _llama_peer(llama, config, settings, echo)
-            if info.available and config.chat and isinstance(llama, Path):
-                report.chat.append(_llama_chat(llama, config, settings, echo))
         elif peer == OPENVINO:
-            info, levels, chat = run_openvino_peer(settings.cache_dir, openvino_request(config), echo)
-            if chat is not None:
-                report.chat.append(chat)
+            info, levels, openvino_chat = run_openvino_peer(settings.cache_dir, openvino_request(config), echo)
         else:
             info, levels = _pibloom_peer(peer, config, echo)
-            if peer == PIBLOOM and info.available and config.chat:
-                report.chat.append(_pibloom_chat(config, echo))
-            if peer == PIBLOOM and info.available and config.soak:
-                report.soak = _pibloom_soak(config, echo)
         if not info.available:
             echo(f"{LABELS[peer]} {'' if peer == OPENVINO else 'NOT MEASURED: '}{info.note}")
         report.peers.append(info)
         report.levels.extend(levels)
+    # The chat cases and the soak (a quarter of an hour together) run after every peer's levels: the
+    # host's speed drifts by several percent over minutes, and a level's ratio should compare figures
+    # taken close together (one stream read 0.98x with the soak between the two, 1.28x back to back).
+    measured = {info.name for info in report.peers if info.available}
+    if config.chat and PIBLOOM in measured:
+        report.chat.append(_pibloom_chat(config, echo))
+    if config.chat and LLAMA in measured and isinstance(llama, Path):
+        report.chat.append(_llama_chat(llama, config, settings, echo))
+    if openvino_chat is not None:
+        report.chat.append(openvino_chat)
+    if config.soak and PIBLOOM in measured:
+        report.soak = _pibloom_soak(config, echo)
     for info in report.peers:
         info.peak_rss_bytes = peak_rss(report, info.name)
     report.ratios = compute_ratios(report.levels)
