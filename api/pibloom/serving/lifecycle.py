@@ -37,7 +37,7 @@ def _release_code_pages() -> None:
     Not before the KV budget is set: it must count the code that requests will read back."""
     before = resident_bytes()
     if release_code_pages():
-        log.info("start-up code handed back to the kernel: resident %d -> %d MB", before >> 20, resident_bytes() >> 20)
+        log.info("start-up code handed back to the kernel: resident %d -> %d MiB", before >> 20, resident_bytes() >> 20)
 
 
 class ModelHost:
