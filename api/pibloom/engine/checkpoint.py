@@ -12,14 +12,13 @@ through transformers as before.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import tokenizer as tokenizer_module
+from .tokenizer import NotReadable, Tokenizer, read_json
 
 # What the module tree below computes exactly; `llama_forward.supports` then decides on the rest.
 _MODEL_TYPES = frozenset({"llama"})
@@ -40,12 +39,6 @@ _REQUIRED = (
 _GENERIC_TOKENIZERS = frozenset({"TokenizersBackend", "PreTrainedTokenizerFast"})
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as f:
-        data: dict[str, Any] = json.load(f)
-    return data
-
-
 def _rope_theta(config: dict[str, Any]) -> float | None:
     """The base of default rotary embeddings; None for any other kind (scaled, partial, dynamic)."""
     params = config.get("rope_parameters")
@@ -61,7 +54,7 @@ def _rope_theta(config: dict[str, Any]) -> float | None:
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(_read_json(index)["weight_map"].values()))
+        names = sorted(set(read_json(index)["weight_map"].values()))
         return [folder / name for name in names]
     single = folder / "model.safetensors"
     return [single] if single.is_file() else []
@@ -71,7 +64,7 @@ def unreadable(folder: Path) -> str | None:
     """None when `load` reads this folder; otherwise why it goes through transformers."""
     if not (folder / "config.json").is_file():
         return "no config.json"
-    config = _read_json(folder / "config.json")
+    config = read_json(folder / "config.json")
     if config.get("model_type") not in _MODEL_TYPES:
         return f"model type {config.get('model_type')!r}"
     missing = [key for key in _REQUIRED if key not in config]
@@ -89,7 +82,7 @@ def unreadable(folder: Path) -> str | None:
     tokenizer_config = folder / "tokenizer_config.json"
     if not (folder / "tokenizer.json").is_file() or not tokenizer_config.is_file():
         return "no tokenizer.json"
-    if _read_json(tokenizer_config).get("tokenizer_class") not in _GENERIC_TOKENIZERS:
+    if read_json(tokenizer_config).get("tokenizer_class") not in _GENERIC_TOKENIZERS:
         return "a tokenizer class of its own"
     return None
 
@@ -220,7 +213,7 @@ def load(folder: Path, dtype: torch.dtype, device: torch.device) -> LlamaCheckpo
     """The checkpoint in `folder` (which `unreadable` passed), in `dtype` on `device`."""
     from safetensors import safe_open
 
-    raw = _read_json(folder / "config.json")
+    raw = read_json(folder / "config.json")
     config = Config(raw)
     theta = _rope_theta(raw)
     if theta is None:
@@ -228,7 +221,7 @@ def load(folder: Path, dtype: torch.dtype, device: torch.device) -> LlamaCheckpo
     head_dim = int(raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"])
     rotary = RotaryEmbedding(head_dim, theta).to(device)
     if (folder / "generation_config.json").is_file():
-        generation = GenerationDefaults(_read_json(folder / "generation_config.json"))
+        generation = GenerationDefaults(read_json(folder / "generation_config.json"))
     else:
         generation = GenerationDefaults({"eos_token_id": raw.get("eos_token_id")})
     # Built on the meta device, so no memory is spent on weights the checkpoint replaces.
@@ -257,8 +250,8 @@ def tokenizer(folder: Path) -> Any:
     """The checkpoint's tokenizer: piBLOOM's reading of it where that is transformers' generic class's
     (`tokenizer.NotReadable`), else that class itself."""
     try:
-        return tokenizer_module.Tokenizer.load(folder)
-    except tokenizer_module.NotReadable:
+        return Tokenizer.load(folder)
+    except NotReadable:
         pass
     from transformers.tokenization_utils_tokenizers import TokenizersBackend
 

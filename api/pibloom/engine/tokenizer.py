@@ -41,7 +41,8 @@ _CLEAN_UP = (
 )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file (config, tokenizer config, index), which is an object."""
     with path.open(encoding="utf-8") as f:
         data: dict[str, Any] = json.load(f)
     return data
@@ -117,7 +118,7 @@ def _chat_template(folder: Path, config: dict[str, Any]) -> str | dict[str, str]
         return (folder / "chat_template.jinja").read_text(encoding="utf-8")
     found: Any = None
     if (folder / "chat_template.json").is_file():
-        found = _read_json(folder / "chat_template.json").get("chat_template")
+        found = read_json(folder / "chat_template.json").get("chat_template")
     if found is None:
         found = config.get("chat_template")
     if isinstance(found, list):  # named templates: [{"name": ..., "template": ...}]
@@ -138,7 +139,7 @@ class Tokenizer:
     @classmethod
     def load(cls, folder: Path) -> Tokenizer:
         """The tokenizer in `folder`; `NotReadable` where transformers would read it otherwise."""
-        config = _read_json(folder / "tokenizer_config.json")
+        config = read_json(folder / "tokenizer_config.json")
         backend = Backend.from_file(str(folder / "tokenizer.json"))
         reason = _unreadable(backend, config)
         if reason is not None:
