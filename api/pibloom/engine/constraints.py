@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .threads import waiting_on_own_work
+
 if TYPE_CHECKING:
     import llguidance
 
@@ -140,7 +142,8 @@ def allowed_tokens(states: Sequence[GrammarState], width: int) -> torch.Tensor:
     words = (width + 31) // 32
     bitmask = torch.empty((len(states), words), dtype=torch.int32)
     rows = [(state.matcher, i) for i, state in enumerate(states)]
-    _shared_executor().unsafe_compute_mask_ptr(rows, bitmask.data_ptr(), words * 4, len(states))
+    with waiting_on_own_work():
+        _shared_executor().unsafe_compute_mask_ptr(rows, bitmask.data_ptr(), words * 4, len(states))
     # Bit i of the little-endian words is token i: numpy unpacks every row in one C pass.
     bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")
     return torch.from_numpy(bits.view(np.bool_))[:, :width]

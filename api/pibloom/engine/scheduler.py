@@ -34,7 +34,7 @@ from .memory import kv_bytes_per_token, return_freed
 from .prefix_cache import PrefixCache, PrefixHit
 from .request import Event, FinishReason, Request, SamplingParams, TokenLogprob
 from .sampling import argmax_only, make_generator, sample_batch, token_logprobs
-from .threads import ThreadGovernor
+from .threads import ThreadGovernor, own_waits
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,8 @@ class Engine:
         try:
             self._iteration()
         finally:
-            self.threads.record(time.perf_counter() - wall, time.thread_time() - cpu)
+            # Waits on the process's own threads (grammar masks) are not a neighbour holding the core.
+            self.threads.record(time.perf_counter() - wall - own_waits(), time.thread_time() - cpu)
 
     def _drop_cancelled_waiting(self) -> None:
         if any(r.cancelled for r in self._waiting):

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import gc
 import json
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -17,10 +18,12 @@ import llguidance.torch
 import pytest
 import torch
 
+from pibloom.engine import constraints
 from pibloom.engine.loader import LoadedModel
 from pibloom.engine.logits import RowShaper, shape_rows
 from pibloom.engine.request import Event, SamplingParams
 from pibloom.engine.scheduler import Engine
+from pibloom.engine.threads import ThreadGovernor
 
 from support import wait_for
 
@@ -181,3 +184,42 @@ def test_a_row_whose_grammar_allows_nothing_may_only_end(monkeypatch: pytest.Mon
     ]
     shaped = shape_rows(torch.zeros(2, 6), shapers)
     assert [torch.isfinite(row).nonzero().flatten().tolist() for row in shaped] == [[2], [4]]
+
+
+class RecordingGovernor(ThreadGovernor):
+    """Keeps the wall and CPU time the engine reports for each iteration, and changes nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(2, lambda _threads: None)
+        self.iterations: list[tuple[float, float]] = []
+
+    def record(self, wall_s: float, cpu_s: float) -> None:
+        self.iterations.append((wall_s, cpu_s))
+
+
+def test_the_governor_is_not_shown_the_waits_on_grammar_masks(
+    tiny_llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine thread blocks while llguidance computes the masks on its own threads: a wait, not a
+    neighbour holding the core, so it must not shrink torch's team."""
+    executor = constraints._shared_executor()
+    waits: list[float] = []
+
+    class SlowMasks:
+        def unsafe_compute_mask_ptr(self, *args: Any) -> None:
+            executor.unsafe_compute_mask_ptr(*args)
+            waits.append(0.2)
+            time.sleep(0.2)  # masks that keep the engine thread waiting for 0.2 s
+
+    monkeypatch.setattr(constraints, "_shared_executor", SlowMasks)
+    governor = RecordingGovernor()
+    engine = Engine(tiny_llama, max_batch_size=2, max_queue=2, threads=governor)
+    engine.start()
+    try:
+        params = SamplingParams(max_tokens=4, temperature=0.0, grammar=grammar(SCHEMA))
+        asyncio.run(collect(engine, tiny_llama.tokenizer("Hello")["input_ids"], params))
+    finally:
+        engine.shutdown(10)
+    assert waits
+    off_core = sum(wall - cpu for wall, cpu in governor.iterations)
+    assert off_core < sum(waits) / 2  # counted in, it would be at least sum(waits)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 
 import pytest
 
-from pibloom.engine.threads import ThreadGovernor
+from pibloom.engine.threads import ThreadGovernor, own_waits, waiting_on_own_work
 
 
 class Team:
@@ -90,3 +92,22 @@ def test_a_neighbour_the_process_knows_has_left_brings_the_next_probe_forward() 
     assert team.calls == [1, 2]
     work(governor, 10, 0.95)
     assert team.calls == [1, 2] and governor.threads == 2
+
+
+def test_waits_on_own_work_are_reported_once_and_to_the_waiting_thread_only() -> None:
+    own_waits()  # whatever this thread waited on before
+    with waiting_on_own_work():
+        time.sleep(0.05)  # blocked, not computing: the CPU time stays behind the wall time
+    elsewhere: list[float] = []
+
+    def other() -> None:
+        with waiting_on_own_work():
+            time.sleep(0.05)
+        elsewhere.append(own_waits())
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert own_waits() >= 0.04
+    assert own_waits() == 0.0
+    assert elsewhere[0] >= 0.04
